@@ -1,1 +1,24 @@
-//! placeholder
+//! How DistKV nodes find and call each other.
+//!
+//! * [`Membership`]: who is in the cluster (the topology, explicit and versioned) and who
+//!   answers now (liveness). [`StaticMembership`] is the fixed-list implementation.
+//! * [`Transport`]: how a node calls a peer's [`PeerHandler`]. [`GrpcTransport`] speaks
+//!   the `distkv.v1.Peer` gRPC service; [`InMemoryNetwork`] connects nodes inside one
+//!   process, with injected faults, for deterministic cluster tests.
+//!
+//! Liveness never rewrites the topology: a dead node keeps its place in the ring until an
+//! operator removes it.
+
+#![deny(missing_docs)]
+
+mod grpc;
+mod membership;
+mod memory;
+mod transport;
+
+pub use grpc::{GrpcTransport, PeerService};
+pub use membership::{
+    parse_seed, Liveness, Membership, MembershipError, NodeInfo, StaticMembership, Topology,
+};
+pub use memory::{InMemoryNetwork, InMemoryTransport};
+pub use transport::{PeerHandler, Transport, TransportError};

@@ -1,1 +1,15 @@
-//! placeholder
+//! The DistKV node: coordinator, ring, versions, configuration and start-up.
+//!
+//! The binaries `distkv-server` and `distkv-client` live in `src/bin/`.
+
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod node;
+pub mod ring;
+pub mod server;
+pub mod service;
+pub mod version;
+
+pub use error::NodeError;
+pub use node::{Consistency, Node, NodeSettings, ReadResult};

@@ -1,1 +1,305 @@
-//! placeholder
+//! Harness for black-box tests: start real `distkv-server` processes on free loopback
+//! ports, talk to them over gRPC or through `distkv-client`, and stop them with signals.
+//!
+//! Every process started here is killed when its [`Server`] is dropped, so a failing test
+//! leaves nothing running.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use distkv_proto::v1::key_value_client::KeyValueClient;
+use distkv_proto::v1::StatusRequest;
+use tonic::transport::Channel;
+
+/// Path of a binary of the workspace (`distkv-server`, `distkv-client`). Under
+/// `cargo test` the binaries are brought up to date once per test process (a no-op
+/// when `cargo test --workspace` already built them), so a test never runs a stale one.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").ok();
+        let missing = !dir.join("distkv-server").exists() || !dir.join("distkv-client").exists();
+        if cargo.is_some() || missing {
+            let mut cmd = Command::new(cargo.unwrap_or_else(|| "cargo".to_string()));
+            cmd.args(["build", "--quiet", "-p", "distkv-node", "--bins"]);
+            if dir.file_name().is_some_and(|p| p == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .expect("run cargo build for the distkv binaries");
+            assert!(status.success(), "cargo build -p distkv-node --bins failed");
+        }
+    });
+    dir.join(name)
+}
+
+/// `target/<profile>`: the directory holding this test's `deps/` folder.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let deps = exe.parent().expect("test executable lives in a directory");
+    deps.parent().expect("deps/ has a parent").to_path_buf()
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the OS may reuse it later, which the
+/// short window between this call and the server's bind makes unlikely).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local address").port()
+}
+
+/// A running `distkv-server` process.
+pub struct Server {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` it listens on.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its arguments after `--address` and `--data-dir` (reused by [`Server::restart`]).
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts a node on a free port with its data in `data_dir`, plus `args`, and waits
+    /// until it answers.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Result<Server> {
+        Self::start_with_env(data_dir, args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<Server> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        Self::start_at(&addr, data_dir, args, envs)
+    }
+
+    /// Starts a node listening on `addr`.
+    pub fn start_at(
+        addr: &str,
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Server> {
+        let mut server = Server {
+            child: None,
+            addr: addr.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: data_dir.with_extension("log"),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(binary("distkv-server"));
+        cmd.arg("--address")
+            .arg(&self.addr)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().context("spawn distkv-server")?);
+        self.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Waits until the node answers a Status call.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "distkv-server exited with {status} before answering; log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            let addr = self.addr.clone();
+            let ok = rt.block_on(async move {
+                let Ok(mut c) = connect(&addr).await else {
+                    return false;
+                };
+                c.status(StatusRequest {}).await.is_ok()
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "distkv-server at {} did not answer within {timeout:?}; log:\n{}",
+                    self.addr,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL", "INT") and waits for the exit.
+    pub fn signal(&mut self, signal: &str) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("server is not running")?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "server did not exit within 30 s of SIG{signal}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the node again with the same address, data directory and arguments.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("server is still running");
+        }
+        self.spawn()
+    }
+
+    /// Runs `distkv-client --server ADDR ARGS...`.
+    pub fn client(&self, args: &[&str]) -> Output {
+        run_client(&self.addr, args, None)
+    }
+
+    /// Runs `distkv-client` with `stdin` as its standard input.
+    pub fn client_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        run_client(&self.addr, args, Some(stdin))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `distkv-client --server addr args...` and returns its output.
+pub fn run_client(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(binary("distkv-client"));
+    cmd.arg("--server")
+        .arg(addr)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().expect("spawn distkv-client");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(data).expect("write client stdin");
+    }
+    child.wait_with_output().expect("wait for distkv-client")
+}
+
+/// A gRPC client of the node at `addr`, with no message size limit.
+pub async fn connect(addr: &str) -> Result<KeyValueClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await?;
+    Ok(KeyValueClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// Runs `distkv-server` with `args` and waits for it to exit (for start-up errors and
+/// `--print-config`).
+pub fn server_output(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Output {
+    let mut cmd = Command::new(binary("distkv-server"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn distkv-server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().expect("poll distkv-server").is_some() {
+            return child
+                .wait_with_output()
+                .expect("collect distkv-server output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child
+                .wait_with_output()
+                .expect("collect distkv-server output");
+            panic!(
+                "distkv-server {args:?} did not exit within 20 s (it should have refused to start); stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Standard output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,1 +1,411 @@
-fn main() {}
+//! `distkv-client`: talk to a DistKV node from the command line.
+//!
+//! Exit codes: 0 success; 1 key not found (`get`); 2 bad usage or input; 3 the server
+//! could not be reached or timed out; 4 the server refused or failed the request.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use distkv_proto::v1::key_value_client::KeyValueClient;
+use distkv_proto::v1::{
+    BatchPutRequest, Consistency, DeleteRequest, GetRequest, KeyValuePair, PutRequest,
+    StatusRequest,
+};
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "distkv-client", version, about = "Talk to a DistKV node")]
+struct Args {
+    /// Node to talk to.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    server: String,
+    /// Deadline of the whole request, e.g. 500ms, 5s, 1m.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Replicas that must answer (default: the server's R or W).
+    #[arg(long, value_enum)]
+    consistency: Option<Level>,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Level {
+    One,
+    Quorum,
+    All,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Store VALUE under KEY ("-" reads the value from standard input). Without
+    /// --context the current values are read first and replaced.
+    Put {
+        key: String,
+        value: String,
+        /// Causal context from an earlier `get` (base64): replace exactly what it saw.
+        #[arg(long, conflicts_with = "blind")]
+        context: Option<String>,
+        /// Write without reading first: the value becomes a sibling of any current one.
+        #[arg(long)]
+        blind: bool,
+    },
+    /// Print every current value of KEY, one per line.
+    Get { key: String },
+    /// Delete KEY. Without --context the current values are read first and deleted.
+    Delete {
+        key: String,
+        /// Causal context from an earlier `get` (base64): delete exactly what it saw.
+        #[arg(long, conflicts_with = "blind")]
+        context: Option<String>,
+        /// Delete without reading first (concurrent values survive as siblings).
+        #[arg(long)]
+        blind: bool,
+    },
+    /// Store several pairs: K1 V1 K2 V2 ...
+    Batch {
+        #[arg(required = true, num_args = 2.., value_name = "KEY VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Show the node's state, its view of the cluster and its storage statistics.
+    Status,
+}
+
+/// A failure and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code::*;
+        let code = match s.code() {
+            Unavailable | DeadlineExceeded | Cancelled => 3,
+            _ => 4,
+        };
+        let what = match s.code() {
+            InvalidArgument => "request refused",
+            Unavailable => "unavailable",
+            DeadlineExceeded => "timed out",
+            _ => "server error",
+        };
+        let msg = s.message().lines().next().unwrap_or("").to_string();
+        let msg = if msg.is_empty() {
+            format!("{:?}", s.code())
+        } else {
+            msg
+        };
+        Failure {
+            code,
+            message: format!("{what}: {msg}"),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("distkv-client: cannot start the async runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let timeout = args.timeout;
+    let server = args.server.clone();
+    match runtime.block_on(async { tokio::time::timeout(timeout, run(args)).await }) {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(f)) => {
+            eprintln!("distkv-client: {}", f.message);
+            ExitCode::from(f.code)
+        }
+        Err(_) => {
+            eprintln!(
+                "distkv-client: no answer from {server} within {}",
+                humantime::format_duration(timeout)
+            );
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn level(c: Option<Level>) -> i32 {
+    match c {
+        None => Consistency::Default as i32,
+        Some(Level::One) => Consistency::One as i32,
+        Some(Level::Quorum) => Consistency::Quorum as i32,
+        Some(Level::All) => Consistency::All as i32,
+    }
+}
+
+fn decode_context(c: Option<&str>) -> Result<Vec<u8>, Failure> {
+    match c {
+        None => Ok(Vec::new()),
+        Some(s) => B64.decode(s.trim()).map_err(|e| {
+            Failure::usage(format!(
+                "--context is not base64 ({e}): pass the context printed by `get` unchanged"
+            ))
+        }),
+    }
+}
+
+/// The context to write with: the one given, none for a blind write, or the context of
+/// a read done now (so the write replaces what the key holds).
+async fn write_context(
+    client: &mut KeyValueClient<Channel>,
+    key: &str,
+    given: Option<Vec<u8>>,
+    blind: bool,
+    consistency: i32,
+) -> Result<Vec<u8>, Failure> {
+    if let Some(c) = given {
+        return Ok(c);
+    }
+    if blind {
+        return Ok(Vec::new());
+    }
+    let resp = client
+        .get(GetRequest {
+            key: key.as_bytes().to_vec().into(),
+            consistency,
+        })
+        .await?
+        .into_inner();
+    Ok(resp.context.to_vec())
+}
+
+/// Bytes as JSON: a string when they are UTF-8, else `{"base64": "..."}`.
+fn json_bytes(b: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(b) {
+        Ok(s) => serde_json::Value::String(s.to_string()),
+        Err(_) => serde_json::json!({ "base64": B64.encode(b) }),
+    }
+}
+
+async fn connect(server: &str, timeout: Duration) -> Result<KeyValueClient<Channel>, Failure> {
+    let endpoint = Channel::from_shared(format!("http://{server}"))
+        .map_err(|e| Failure::usage(format!("--server {server:?} is not HOST:PORT: {e}")))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = endpoint.connect().await.map_err(|e| {
+        // The innermost cause says what happened ("Connection refused").
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        Failure {
+            code: 3,
+            message: format!(
+                "cannot connect to {server}: {cause} (is distkv-server running there?)"
+            ),
+        }
+    })?;
+    Ok(KeyValueClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+fn out(bytes: &[u8]) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|_| stdout.flush())
+        .map_err(|e| Failure {
+            code: 4,
+            message: format!("cannot write to standard output: {e}"),
+        })
+}
+
+async fn run(args: Args) -> Result<u8, Failure> {
+    let consistency = level(args.consistency);
+    let command = args.command;
+    // Bad local input is reported before connecting.
+    let given_context = match &command {
+        Command::Put { context, .. } | Command::Delete { context, .. } => context
+            .as_deref()
+            .map(|c| decode_context(Some(c)))
+            .transpose()?,
+        _ => None,
+    };
+    let mut client = connect(&args.server, args.timeout).await?;
+    match command {
+        Command::Put {
+            key, value, blind, ..
+        } => {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf).map_err(|e| {
+                    Failure::usage(format!("cannot read the value from standard input: {e}"))
+                })?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            let context =
+                write_context(&mut client, &key, given_context, blind, consistency).await?;
+            let resp = client
+                .put(PutRequest {
+                    key: key.into_bytes().into(),
+                    value: value.into(),
+                    context: context.into(),
+                    consistency,
+                })
+                .await?
+                .into_inner();
+            if args.json {
+                out(format!(
+                    "{}\n",
+                    serde_json::json!({ "context": B64.encode(&resp.context) })
+                )
+                .as_bytes())?;
+            }
+            Ok(0)
+        }
+        Command::Get { key } => {
+            let resp = client
+                .get(GetRequest {
+                    key: key.clone().into_bytes().into(),
+                    consistency,
+                })
+                .await?
+                .into_inner();
+            if args.json {
+                let doc = serde_json::json!({
+                    "key": json_bytes(key.as_bytes()),
+                    "found": resp.found,
+                    "values": resp.values.iter().map(|v| json_bytes(v)).collect::<Vec<_>>(),
+                    "context": B64.encode(&resp.context),
+                });
+                out(format!("{doc}\n").as_bytes())?;
+                return Ok(if resp.found { 0 } else { 1 });
+            }
+            if !resp.found {
+                eprintln!("not found");
+                return Ok(1);
+            }
+            let mut buf = Vec::new();
+            for v in &resp.values {
+                buf.extend_from_slice(v);
+                buf.push(b'\n');
+            }
+            out(&buf)?;
+            if resp.values.len() > 1 {
+                eprintln!(
+                    "{} siblings (concurrent writes); context for resolving them: {}",
+                    resp.values.len(),
+                    B64.encode(&resp.context)
+                );
+            }
+            Ok(0)
+        }
+        Command::Delete { key, blind, .. } => {
+            let context =
+                write_context(&mut client, &key, given_context, blind, consistency).await?;
+            let resp = client
+                .delete(DeleteRequest {
+                    key: key.into_bytes().into(),
+                    context: context.into(),
+                    consistency,
+                })
+                .await?
+                .into_inner();
+            if args.json {
+                out(format!(
+                    "{}\n",
+                    serde_json::json!({ "context": B64.encode(&resp.context) })
+                )
+                .as_bytes())?;
+            }
+            Ok(0)
+        }
+        Command::Batch { pairs } => {
+            if pairs.len() % 2 != 0 {
+                return Err(Failure::usage(format!(
+                    "batch needs KEY VALUE pairs, got {} arguments (the last key has no value)",
+                    pairs.len()
+                )));
+            }
+            let entries = pairs
+                .chunks(2)
+                .map(|p| KeyValuePair {
+                    key: p[0].clone().into_bytes().into(),
+                    value: p[1].clone().into_bytes().into(),
+                    context: Default::default(),
+                })
+                .collect();
+            client
+                .batch_put(BatchPutRequest {
+                    entries,
+                    consistency,
+                })
+                .await?;
+            Ok(0)
+        }
+        Command::Status => {
+            let s = client.status(StatusRequest {}).await?.into_inner();
+            if args.json {
+                let doc = serde_json::json!({
+                    "node_id": s.node_id,
+                    "address": s.address,
+                    "version": s.version,
+                    "uptime_seconds": s.uptime_seconds,
+                    "replicas": s.replicas,
+                    "read_quorum": s.read_quorum,
+                    "write_quorum": s.write_quorum,
+                    "virtual_nodes": s.virtual_nodes,
+                    "members": s.members.iter().map(|m| serde_json::json!({"node_id": m.node_id, "address": m.address, "state": m.state})).collect::<Vec<_>>(),
+                    "storage_engine": s.storage_engine,
+                    "storage_stats": s.storage_stats.iter().map(|st| (st.name.clone(), serde_json::Value::String(st.value.clone()))).collect::<serde_json::Map<_, _>>(),
+                });
+                out(format!("{doc}\n").as_bytes())?;
+                return Ok(0);
+            }
+            let mut text = String::new();
+            text.push_str(&format!(
+                "node      {} at {} (distkv {})\n",
+                s.node_id, s.address, s.version
+            ));
+            text.push_str(&format!(
+                "uptime    {}\n",
+                humantime::format_duration(Duration::from_secs(s.uptime_seconds))
+            ));
+            text.push_str(&format!(
+                "quorums   N={} R={} W={}, {} virtual nodes per member\n",
+                s.replicas, s.read_quorum, s.write_quorum, s.virtual_nodes
+            ));
+            text.push_str(&format!("members   {}\n", s.members.len()));
+            for m in &s.members {
+                text.push_str(&format!(
+                    "  {:<24} {:<24} {}\n",
+                    m.node_id, m.address, m.state
+                ));
+            }
+            text.push_str(&format!("storage   {}\n", s.storage_engine));
+            for st in &s.storage_stats {
+                text.push_str(&format!("  {:<32} {}\n", st.name, st.value));
+            }
+            out(text.as_bytes())?;
+            Ok(0)
+        }
+    }
+}

@@ -1,1 +1,119 @@
-fn main() {}
+//! `distkv-server`: runs one DistKV node.
+//!
+//! With no flags it serves a single node on 127.0.0.1:8080 with its data in ./data.
+//! Settings come from built-in defaults < `--config FILE` < `DISTKV_*` environment
+//! variables < flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use distkv_node::config::{self, Flags, ReplicationFlags};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "distkv-server",
+    version,
+    about = "Run a DistKV node",
+    args_override_self = true
+)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "DISTKV_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Stable identity of this node in the cluster (default: the advertise address).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// HOST:PORT to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
+    /// HOST:PORT peers should dial (default: the listen address).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_address: Option<String>,
+    /// Data directory [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Other members, comma-separated: HOST:PORT or ID=HOST:PORT.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    seed_nodes: Option<Vec<String>>,
+    /// N: copies of each key.
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// R: replicas that must answer a read.
+    #[arg(long)]
+    read_quorum: Option<u32>,
+    /// W: replicas that must acknowledge a write.
+    #[arg(long)]
+    write_quorum: Option<u32>,
+    /// Tokens per node on the hash ring.
+    #[arg(long)]
+    virtual_nodes: Option<u32>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let flags = Flags {
+        node_id: args.node_id,
+        address: args.address,
+        advertise_address: args.advertise_address,
+        data_dir: args.data_dir,
+        seed_nodes: args.seed_nodes,
+        replication: ReplicationFlags {
+            replicas: args.replicas,
+            read_quorum: args.read_quorum,
+            write_quorum: args.write_quorum,
+            virtual_nodes: args.virtual_nodes,
+        },
+    };
+    let loaded = match config::load(args.config.as_deref(), flags) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("distkv-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = loaded.config;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    distkv_node::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("distkv-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(distkv_node::server::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "node stopped");
+            eprintln!("distkv-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the node gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+    }
+}

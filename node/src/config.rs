@@ -1,0 +1,756 @@
+//! Node configuration, layered with figment:
+//! built-in defaults < TOML file (`--config`) < `DISTKV_*` environment variables (nested
+//! keys joined by `__`) < command-line flags.
+//!
+//! [`load`] merges the layers and [`Config::validate`] checks the result; both name the
+//! setting and the layer a bad value came from, so an operator knows what to fix where.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use distkv_network::{parse_seed, NodeInfo};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables read by the server.
+pub const ENV_PREFIX: &str = "DISTKV_";
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Stable identity of the node in the cluster. Default: the advertise address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// `HOST:PORT` to listen on for clients and peers.
+    pub address: String,
+    /// `HOST:PORT` peers and clients should dial. Default: the listen address (required
+    /// when listening on 0.0.0.0 or ::).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_address: Option<String>,
+    /// Directory of the node's data (created if missing).
+    pub data_dir: PathBuf,
+    /// Other members: `HOST:PORT` or `ID=HOST:PORT`; a comma-separated string is accepted.
+    #[serde(deserialize_with = "list_or_comma_string")]
+    pub seed_nodes: Vec<String>,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Replication and quorums.
+    pub replication: ReplicationConfig,
+    /// Limits on client input.
+    pub limits: LimitsConfig,
+    /// The storage engine.
+    pub storage: StorageConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            address: "127.0.0.1:8080".to_string(),
+            advertise_address: None,
+            data_dir: PathBuf::from("./data"),
+            seed_nodes: Vec::new(),
+            shutdown_timeout: Duration::from_secs(10),
+            replication: ReplicationConfig::default(),
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Replication settings (N, R, W and friends).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// N: copies of each key, on distinct nodes.
+    pub replicas: u32,
+    /// R: replicas that must answer a read at the default consistency.
+    pub read_quorum: u32,
+    /// W: replicas that must acknowledge a write at the default consistency.
+    pub write_quorum: u32,
+    /// Tokens per node on the hash ring.
+    pub virtual_nodes: u32,
+    /// Deadline of a client request inside the cluster.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// What reads return after concurrent writes.
+    pub conflict: ConflictMode,
+    /// When stale replicas found by a read are repaired.
+    pub read_repair: ReadRepairMode,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            replicas: 1,
+            read_quorum: 1,
+            write_quorum: 1,
+            virtual_nodes: 150,
+            request_timeout: Duration::from_secs(5),
+            conflict: ConflictMode::Siblings,
+            read_repair: ReadRepairMode::Background,
+        }
+    }
+}
+
+/// Conflict handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictMode {
+    /// Return every concurrent sibling; the client resolves.
+    Siblings,
+    /// Keep only the latest write by timestamp.
+    Lww,
+}
+
+/// Read repair timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadRepairMode {
+    /// Repair after answering the client.
+    Background,
+    /// Repair the replicas that answered before answering the client.
+    Blocking,
+    /// No read repair.
+    Off,
+}
+
+/// Limits on client input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest key accepted, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// Most entries in one BatchPut.
+    pub max_batch_entries: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_key_bytes: 64 * 1024,
+            max_value_bytes: 16 * 1024 * 1024,
+            max_batch_entries: 10_000,
+        }
+    }
+}
+
+/// Which storage engine the node uses, and its options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `memory` (durable through its write-ahead log) or `plugin`.
+    pub engine: EngineKind,
+    /// Options of the memory engine.
+    pub memory: distkv_backends::MemoryOptions,
+    /// The plugin to load when `engine = "plugin"`.
+    pub plugin: PluginConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            engine: EngineKind::Memory,
+            memory: Default::default(),
+            plugin: Default::default(),
+        }
+    }
+}
+
+/// Storage engine implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In-memory ordered map with a write-ahead log.
+    Memory,
+    /// A shared library loaded at start-up.
+    Plugin,
+}
+
+/// A storage plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Path of the shared library.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Options handed to the plugin's `open`, as a JSON object (the node adds `data_dir`).
+    pub options: Map<String, figment::value::Value>,
+}
+
+/// Logging settings. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `distkv_node=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given on the command line; each is the highest layer when present.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Flags {
+    /// `--node-id`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// `--address`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `--advertise-address`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_address: Option<String>,
+    /// `--data-dir`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--seed-nodes`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_nodes: Option<Vec<String>>,
+    /// `--replicas`, `--read-quorum`, `--write-quorum`, `--virtual-nodes`
+    #[serde(skip_serializing_if = "ReplicationFlags::is_empty")]
+    pub replication: ReplicationFlags,
+}
+
+/// Replication values given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicationFlags {
+    /// `--replicas`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// `--read-quorum`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_quorum: Option<u32>,
+    /// `--write-quorum`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_quorum: Option<u32>,
+    /// `--virtual-nodes`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_nodes: Option<u32>,
+}
+
+impl ReplicationFlags {
+    fn is_empty(&self) -> bool {
+        self.replicas.is_none()
+            && self.read_quorum.is_none()
+            && self.write_quorum.is_none()
+            && self.virtual_nodes.is_none()
+    }
+}
+
+const FLAGS_LAYER: &str = "command-line flag";
+
+impl Provider for Flags {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(FLAGS_LAYER)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(self).data()
+    }
+}
+
+/// A configuration that cannot be used. The message names the setting, its value where
+/// known, the layer it came from, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The configuration and where each value came from.
+pub struct LoadedConfig {
+    /// The merged, validated configuration.
+    pub config: Config,
+    figment: Figment,
+}
+
+impl LoadedConfig {
+    /// Describes the layer that set `key` (a dotted path such as `replication.replicas`).
+    pub fn source_of(&self, key: &str) -> String {
+        describe_source(self.figment.find_metadata(key), key)
+    }
+}
+
+fn describe_source(metadata: Option<&Metadata>, key: &str) -> String {
+    let Some(md) = metadata else {
+        return "built-in default".to_string();
+    };
+    if let Some(figment::Source::File(path)) = &md.source {
+        return format!("config file {}", path.display());
+    }
+    if md.name.contains("environment") {
+        return format!(
+            "environment variable {ENV_PREFIX}{}",
+            key.replace('.', "__").to_ascii_uppercase()
+        );
+    }
+    if md.name == FLAGS_LAYER {
+        let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
+        return format!("command-line flag --{flag}");
+    }
+    "built-in default".to_string()
+}
+
+/// Merges the layers and validates the result.
+pub fn load(config_file: Option<&Path>, flags: Flags) -> Result<LoadedConfig, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = config_file {
+        if !path.is_file() {
+            return Err(ConfigError(format!(
+                "config file {} does not exist or is not a file (check the --config path)",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment
+        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]))
+        .merge(flags);
+    let config: Config = figment.extract().map_err(|e| {
+        let e = e
+            .into_iter()
+            .next()
+            .expect("a figment error holds at least one error");
+        let key = e.path.join(".");
+        let source = describe_source(e.metadata.as_ref(), &key);
+        let what = if key.is_empty() {
+            "configuration".to_string()
+        } else {
+            format!("setting {key}")
+        };
+        ConfigError(format!("invalid {what} (from {source}): {}", e.kind))
+    })?;
+    let loaded = LoadedConfig { config, figment };
+    loaded.config.validate(&loaded)?;
+    Ok(loaded)
+}
+
+impl Config {
+    /// The effective configuration as TOML (what `--print-config` shows).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration as TOML: {e}\n"))
+    }
+
+    /// The address peers and clients dial.
+    pub fn advertised(&self) -> String {
+        self.advertise_address
+            .clone()
+            .unwrap_or_else(|| self.address.clone())
+    }
+
+    /// This node as the cluster knows it.
+    pub fn local_node(&self) -> NodeInfo {
+        let address = self.advertised();
+        NodeInfo {
+            id: self.node_id.clone().unwrap_or_else(|| address.clone()),
+            address,
+        }
+    }
+
+    /// The seed nodes, parsed.
+    pub fn seeds(&self) -> Result<Vec<NodeInfo>, ConfigError> {
+        self.seed_nodes
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| parse_seed(s).map_err(|e| ConfigError(e.to_string())))
+            .collect()
+    }
+
+    /// The listen address, resolved.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        if let Ok(addr) = self.address.parse::<SocketAddr>() {
+            return Ok(addr);
+        }
+        self.address
+            .to_socket_addrs()
+            .map_err(|e| format!("not a HOST:PORT address ({e})"))?
+            .next()
+            .ok_or_else(|| "the host name resolves to no address".to_string())
+    }
+
+    fn validate(&self, loaded: &LoadedConfig) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, why: String| {
+            ConfigError(format!(
+                "invalid setting {key} = {value} (from {}): {why}",
+                loaded.source_of(key)
+            ))
+        };
+        let r = &self.replication;
+        if r.replicas < 1 {
+            return Err(bad(
+                "replication.replicas",
+                &r.replicas,
+                "must be at least 1".into(),
+            ));
+        }
+        for (key, v) in [
+            ("replication.read_quorum", r.read_quorum),
+            ("replication.write_quorum", r.write_quorum),
+        ] {
+            if v < 1 {
+                return Err(bad(key, &v, "must be at least 1".into()));
+            }
+            if v > r.replicas {
+                return Err(bad(
+                    key,
+                    &v,
+                    format!(
+                        "must not exceed replication.replicas = {} (from {}); lower the quorum or raise the replica count",
+                        r.replicas,
+                        loaded.source_of("replication.replicas")
+                    ),
+                ));
+            }
+        }
+        if r.virtual_nodes < 1 || r.virtual_nodes > 4096 {
+            return Err(bad(
+                "replication.virtual_nodes",
+                &r.virtual_nodes,
+                "must be from 1 to 4096".into(),
+            ));
+        }
+        if r.request_timeout.is_zero() {
+            return Err(bad(
+                "replication.request_timeout",
+                &"0s",
+                "must be longer than zero".into(),
+            ));
+        }
+        let addr = self
+            .listen_addr()
+            .map_err(|why| bad("address", &self.address, why))?;
+        match &self.advertise_address {
+            Some(adv) => {
+                parse_seed(adv)
+                    .map_err(|_| bad("advertise_address", adv, "must be HOST:PORT".into()))?;
+            }
+            None if addr.ip().is_unspecified() => {
+                return Err(bad(
+                    "address",
+                    &self.address,
+                    "listens on all interfaces, so peers cannot dial it: set advertise_address (--advertise-address) to a reachable HOST:PORT".into(),
+                ));
+            }
+            None => {}
+        }
+        if let Some(id) = &self.node_id {
+            if id.trim().is_empty()
+                || id.chars().any(char::is_whitespace)
+                || id.contains(',')
+                || id.contains('=')
+            {
+                return Err(bad(
+                    "node_id",
+                    &format!("{id:?}"),
+                    "must be non-empty, without spaces, commas or '='".into(),
+                ));
+            }
+        }
+        self.seeds()
+            .map_err(|e| bad("seed_nodes", &self.seed_nodes.join(","), e.0))?;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_key_bytes", l.max_key_bytes),
+            ("limits.max_value_bytes", l.max_value_bytes),
+            ("limits.max_batch_entries", l.max_batch_entries),
+        ] {
+            if v == 0 {
+                return Err(bad(key, &v, "must be at least 1".into()));
+            }
+        }
+        if l.max_key_bytes > 16 * 1024 * 1024 || l.max_value_bytes > 1024 * 1024 * 1024 {
+            return Err(bad(
+                "limits",
+                &format!(
+                    "max_key_bytes = {}, max_value_bytes = {}",
+                    l.max_key_bytes, l.max_value_bytes
+                ),
+                "keys are limited to 16 MiB and values to 1 GiB".into(),
+            ));
+        }
+        if self.storage.engine == EngineKind::Plugin {
+            match &self.storage.plugin.path {
+                None => {
+                    return Err(bad(
+                        "storage.engine",
+                        &"plugin",
+                        "needs storage.plugin.path (DISTKV_STORAGE__PLUGIN__PATH) naming the shared library".into(),
+                    ))
+                }
+                Some(p) if !p.is_file() => {
+                    return Err(bad("storage.plugin.path", &p.display(), "no such file".into()));
+                }
+                Some(_) => {}
+            }
+        }
+        check_data_dir(&self.data_dir)
+            .map_err(|why| bad("data_dir", &self.data_dir.display(), why))?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(bad(
+                "log.level",
+                &self.log.level,
+                format!("not a log filter: {e}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Creates the data directory if needed and proves it is writable.
+fn check_data_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the directory: {e}"))?;
+    let probe = dir.join(".distkv-write-probe");
+    std::fs::write(&probe, b"probe").map_err(|e| format!("the directory is not writable: {e}"))?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| format!("cannot remove a file in the directory: {e}"))?;
+    Ok(())
+}
+
+fn list_or_comma_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(l) => l,
+        ListOrString::Text(s) => s
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+// figment's Jail closures return figment::Error, which is large; that is its API.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn flags_with_replicas(n: u32) -> Flags {
+        Flags {
+            replication: ReplicationFlags {
+                replicas: Some(n),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn err_of(r: Result<LoadedConfig, ConfigError>) -> String {
+        match r {
+            Ok(_) => panic!("expected a configuration error"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn defaults_run_one_node_on_localhost() {
+        Jail::expect_with(|jail| {
+            let loaded = load(None, Flags::default()).unwrap();
+            assert_eq!(loaded.config.address, "127.0.0.1:8080");
+            assert_eq!(loaded.config.local_node().id, "127.0.0.1:8080");
+            assert_eq!(loaded.config.data_dir, PathBuf::from("./data"));
+            assert!(jail.directory().join("data").is_dir());
+            assert_eq!(loaded.source_of("replication.replicas"), "built-in default");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_then_flag_take_precedence() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "node.toml",
+                "node_id = \"from-file\"\naddress = \"127.0.0.1:9001\"\n[replication]\nreplicas = 5\nread_quorum = 3\nwrite_quorum = 3\nvirtual_nodes = 7\n",
+            )?;
+            let file = Some(Path::new("node.toml"));
+            let c = load(file, Flags::default()).unwrap();
+            assert_eq!(
+                (
+                    c.config.replication.replicas,
+                    c.config.replication.virtual_nodes
+                ),
+                (5, 7)
+            );
+            assert_eq!(c.source_of("replication.replicas"), "config file node.toml");
+
+            jail.set_env("DISTKV_REPLICATION__VIRTUAL_NODES", "9");
+            jail.set_env("DISTKV_NODE_ID", "from-env");
+            jail.set_env("DISTKV_SEED_NODES", "a=127.0.0.1:1,127.0.0.1:2");
+            let c = load(file, Flags::default()).unwrap();
+            assert_eq!(c.config.replication.virtual_nodes, 9);
+            assert_eq!(
+                c.config.replication.replicas, 5,
+                "file value survives where env is silent"
+            );
+            assert_eq!(c.config.node_id.as_deref(), Some("from-env"));
+            assert_eq!(c.config.seed_nodes, vec!["a=127.0.0.1:1", "127.0.0.1:2"]);
+            assert_eq!(
+                c.source_of("replication.virtual_nodes"),
+                "environment variable DISTKV_REPLICATION__VIRTUAL_NODES"
+            );
+
+            let flags = Flags {
+                node_id: Some("from-flag".into()),
+                replication: ReplicationFlags {
+                    virtual_nodes: Some(11),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let c = load(file, flags).unwrap();
+            assert_eq!(c.config.replication.virtual_nodes, 11);
+            assert_eq!(c.config.node_id.as_deref(), Some("from-flag"));
+            assert_eq!(c.config.address, "127.0.0.1:9001");
+            assert_eq!(
+                c.source_of("replication.virtual_nodes"),
+                "command-line flag --virtual-nodes"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn quorum_above_replicas_names_both_sources() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DISTKV_REPLICATION__READ_QUORUM", "3");
+            let msg = err_of(load(None, flags_with_replicas(2)));
+            assert!(msg.contains("replication.read_quorum = 3"), "{msg}");
+            assert!(
+                msg.contains("environment variable DISTKV_REPLICATION__READ_QUORUM"),
+                "{msg}"
+            );
+            assert!(msg.contains("command-line flag --replicas"), "{msg}");
+            Ok(())
+        });
+        Jail::expect_with(|_| {
+            let flags = Flags {
+                replication: ReplicationFlags {
+                    replicas: Some(3),
+                    write_quorum: Some(4),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let msg = err_of(load(None, flags));
+            assert!(
+                msg.contains(
+                    "replication.write_quorum = 4 (from command-line flag --write-quorum)"
+                ),
+                "{msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn each_invalid_setting_is_named_with_its_source() {
+        Jail::expect_with(|jail| {
+            let msg = err_of(load(None, flags_with_replicas(0)));
+            assert!(
+                msg.contains("replication.replicas = 0 (from command-line flag --replicas)"),
+                "{msg}"
+            );
+
+            jail.create_file("bad-engine.toml", "[storage]\nengine = \"rocks\"\n")?;
+            let msg = err_of(load(Some(Path::new("bad-engine.toml")), Flags::default()));
+            assert!(msg.contains("storage.engine"), "{msg}");
+            assert!(msg.contains("bad-engine.toml"), "{msg}");
+            assert!(msg.contains("rocks"), "{msg}");
+
+            jail.set_env("DISTKV_ADDRESS", "not-an-address");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(
+                msg.contains("address = not-an-address (from environment variable DISTKV_ADDRESS)"),
+                "{msg}"
+            );
+            jail.set_env("DISTKV_ADDRESS", "0.0.0.0:8080");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(msg.contains("advertise_address"), "{msg}");
+            jail.set_env("DISTKV_ADVERTISE_ADDRESS", "10.1.2.3:8080");
+            assert_eq!(
+                load(None, Flags::default())
+                    .unwrap()
+                    .config
+                    .local_node()
+                    .address,
+                "10.1.2.3:8080"
+            );
+
+            jail.create_file("blocker", "a file where a directory should be")?;
+            let flags = Flags {
+                data_dir: Some(PathBuf::from("blocker/data")),
+                ..Default::default()
+            };
+            let msg = err_of(load(None, flags));
+            assert!(
+                msg.contains("data_dir = blocker/data (from command-line flag --data-dir)"),
+                "{msg}"
+            );
+
+            let msg = err_of(load(Some(Path::new("missing.toml")), Flags::default()));
+            assert!(msg.contains("missing.toml does not exist"), "{msg}");
+
+            jail.create_file("typo.toml", "[replication]\nreplicaz = 3\n")?;
+            let msg = err_of(load(Some(Path::new("typo.toml")), Flags::default()));
+            assert!(msg.contains("replicaz"), "{msg}");
+
+            jail.create_file("plugin.toml", "[storage]\nengine = \"plugin\"\n")?;
+            let msg = err_of(load(Some(Path::new("plugin.toml")), Flags::default()));
+            assert!(msg.contains("storage.plugin.path"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn printed_config_loads_back_to_the_same_config() {
+        Jail::expect_with(|jail| {
+            let flags = Flags {
+                node_id: Some("n1".into()),
+                seed_nodes: Some(vec!["n2=127.0.0.1:2".into()]),
+                ..flags_with_replicas(3)
+            };
+            let first = load(None, flags).unwrap().config;
+            jail.create_file("printed.toml", &first.to_toml())?;
+            let again = load(Some(Path::new("printed.toml")), Flags::default())
+                .unwrap()
+                .config;
+            assert_eq!(first.to_toml(), again.to_toml());
+            assert_eq!(again.replication.replicas, 3);
+            assert_eq!(again.seed_nodes, vec!["n2=127.0.0.1:2"]);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,718 @@
+//! The node: coordinator of client requests and replica of its share of the keys.
+//!
+//! [`Node`] is generic over the four pluggable parts (storage engine, membership,
+//! partitioner, transport) and knows nothing of which implementations it was given.
+//! Any node coordinates any request: it finds the key's preference list, sends the
+//! operation to every replica at once (the local one straight to the engine), and answers
+//! after the quorum. Replicas that answer later still apply the write.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use distkv_engine::{EngineStats, StorageEngine, WriteBatch};
+use distkv_network::{Liveness, Membership, NodeInfo, PeerHandler, Transport, TransportError};
+use distkv_proto::v1::{
+    KeyRecord, PeerReadRequest, PeerReadResponse, PingRequest, PingResponse, ReplicateRequest,
+    ReplicateResponse,
+};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::error::NodeError;
+use crate::ring::Partitioner;
+use crate::version::{ConflictPolicy, Dot, Record, VersionVector};
+
+/// How many replicas must answer, per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// The configured R (reads) or W (writes).
+    Default,
+    /// One replica.
+    One,
+    /// A majority of N.
+    Quorum,
+    /// All N replicas.
+    All,
+}
+
+/// When read repair runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadRepair {
+    /// After answering the client.
+    Background,
+    /// Before answering, for the replicas that answered.
+    Blocking,
+    /// Never.
+    Off,
+}
+
+/// The settings the coordinator works with.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// N.
+    pub replicas: usize,
+    /// R.
+    pub read_quorum: usize,
+    /// W.
+    pub write_quorum: usize,
+    /// Deadline of a request inside the cluster.
+    pub request_timeout: Duration,
+    /// Siblings or last-write-wins.
+    pub conflict: ConflictPolicy,
+    /// When stale replicas are repaired.
+    pub read_repair: ReadRepair,
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Most entries in one batch.
+    pub max_batch_entries: usize,
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Live sibling values (empty when absent or deleted).
+    pub values: Vec<Vec<u8>>,
+    /// Causal context to hand back on the next write of the key.
+    pub context: VersionVector,
+}
+
+/// One entry of a batch write.
+#[derive(Clone, Debug)]
+pub struct BatchEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (`None` deletes).
+    pub value: Option<Vec<u8>>,
+    /// Causal context bytes from an earlier read (may be empty).
+    pub context: Vec<u8>,
+}
+
+/// Number of lock stripes serialising read-merge-write of the same key on this replica.
+const KEY_LOCK_STRIPES: usize = 1024;
+
+/// A DistKV node.
+pub struct Node<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
+    local: NodeInfo,
+    storage: Arc<S>,
+    membership: Arc<M>,
+    partitioner: Arc<P>,
+    transport: Arc<T>,
+    settings: NodeSettings,
+    clock: DotClock,
+    key_locks: Vec<Mutex<()>>,
+    started: Instant,
+    this: Weak<Self>,
+}
+
+/// Issues write counters for this node: strictly increasing, and at least the current
+/// time in microseconds, so counters keep growing across restarts.
+struct DotClock {
+    last: AtomicU64,
+}
+
+impl DotClock {
+    fn new() -> Self {
+        DotClock {
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh counter greater than every earlier one and than `at_least`.
+    fn next(&self, at_least: u64) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut cur = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = (cur + 1).max(now).max(at_least.saturating_add(1));
+            match self
+                .last
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+type ReplicaResult = (NodeInfo, Result<(), String>);
+
+impl<S, M, P, T> Node<S, M, P, T>
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    /// A node over the given parts.
+    pub fn new(
+        storage: Arc<S>,
+        membership: Arc<M>,
+        partitioner: Arc<P>,
+        transport: Arc<T>,
+        settings: NodeSettings,
+    ) -> Arc<Self> {
+        partitioner.set_topology(&membership.topology());
+        Arc::new_cyclic(|this| Node {
+            this: this.clone(),
+            local: membership.local().clone(),
+            storage,
+            membership,
+            partitioner,
+            transport,
+            settings,
+            clock: DotClock::new(),
+            key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            started: Instant::now(),
+        })
+    }
+
+    /// This node.
+    pub fn local(&self) -> &NodeInfo {
+        &self.local
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    /// Time since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The members and their liveness.
+    pub fn members(&self) -> Vec<(NodeInfo, Liveness)> {
+        self.membership
+            .topology()
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let l = self.membership.liveness(&n.id);
+                (n, l)
+            })
+            .collect()
+    }
+
+    /// Statistics of the local storage engine.
+    pub fn storage_stats(&self) -> EngineStats {
+        self.storage.stats()
+    }
+
+    /// Makes every local write durable (used at shutdown).
+    pub async fn flush_storage(&self) -> Result<(), NodeError> {
+        let storage = self.storage.clone();
+        blocking(move || storage.flush().map_err(NodeError::from)).await
+    }
+
+    /// Flushes and closes the local storage engine.
+    pub async fn close_storage(&self) -> Result<(), NodeError> {
+        let storage = self.storage.clone();
+        blocking(move || storage.close().map_err(NodeError::from)).await
+    }
+
+    fn preference_list(&self, key: &[u8]) -> Vec<NodeInfo> {
+        if self.partitioner.topology_version() != self.membership.topology_version() {
+            self.partitioner.set_topology(&self.membership.topology());
+        }
+        self.partitioner
+            .preference_list(key, self.settings.replicas)
+    }
+
+    fn required(
+        &self,
+        consistency: Consistency,
+        default: usize,
+        available: usize,
+    ) -> Result<usize, NodeError> {
+        let n = self.settings.replicas;
+        let needed = match consistency {
+            Consistency::Default => default,
+            Consistency::One => 1,
+            Consistency::Quorum => n / 2 + 1,
+            Consistency::All => n,
+        };
+        if needed > available {
+            return Err(NodeError::NotEnoughReplicas { needed, available });
+        }
+        Ok(needed)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), NodeError> {
+        if key.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "key is empty: keys must be 1 byte or longer".into(),
+            ));
+        }
+        if key.len() > self.settings.max_key_bytes {
+            return Err(NodeError::InvalidArgument(format!(
+                "key is {} bytes, over the limit of {} bytes (limits.max_key_bytes)",
+                key.len(),
+                self.settings.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), NodeError> {
+        if value.len() > self.settings.max_value_bytes {
+            return Err(NodeError::InvalidArgument(format!(
+                "value is {} bytes, over the limit of {} bytes (limits.max_value_bytes)",
+                value.len(),
+                self.settings.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn parse_context(context: &[u8]) -> Result<VersionVector, NodeError> {
+        VersionVector::from_context(context).map_err(|e| {
+            NodeError::InvalidArgument(format!(
+                "context is not valid ({e}): pass the context returned by a Get of this key unchanged, or none"
+            ))
+        })
+    }
+
+    fn now_record(&self, context: VersionVector, value: Option<Vec<u8>>) -> Record {
+        let counter = self.clock.next(context.get(&self.local.id));
+        let dot = Dot {
+            actor: self.local.id.clone(),
+            counter,
+        };
+        Record::write(dot, context, counter / 1000, value)
+    }
+
+    /// Stores `value` under `key` (`None` deletes) and returns the new causal context.
+    pub async fn put(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        context: &[u8],
+        consistency: Consistency,
+    ) -> Result<VersionVector, NodeError> {
+        self.check_key(&key)?;
+        if let Some(v) = &value {
+            self.check_value(v)?;
+        }
+        let context = Self::parse_context(context)?;
+        let replicas = self.preference_list(&key);
+        let needed = self.required(consistency, self.settings.write_quorum, replicas.len())?;
+        let record = self.now_record(context, value);
+        let new_context = record.context();
+        self.replicate(replicas, vec![(key, record)], needed)
+            .await?;
+        Ok(new_context)
+    }
+
+    /// Writes several entries; the whole request is validated before anything is written,
+    /// then each entry is an independent write. Returns each entry's new context.
+    pub async fn batch(
+        self: &Arc<Self>,
+        entries: Vec<BatchEntry>,
+        consistency: Consistency,
+    ) -> Result<Vec<VersionVector>, NodeError> {
+        if entries.len() > self.settings.max_batch_entries {
+            return Err(NodeError::InvalidArgument(format!(
+                "batch has {} entries, over the limit of {} (limits.max_batch_entries): split it",
+                entries.len(),
+                self.settings.max_batch_entries
+            )));
+        }
+        let mut prepared = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            let at = |err: NodeError| match err {
+                NodeError::InvalidArgument(m) => {
+                    NodeError::InvalidArgument(format!("batch entry {i}: {m}"))
+                }
+                other => other,
+            };
+            self.check_key(&e.key).map_err(at)?;
+            if let Some(v) = &e.value {
+                self.check_value(v).map_err(at)?;
+            }
+            let ctx = Self::parse_context(&e.context).map_err(at)?;
+            let replicas = self.preference_list(&e.key);
+            let needed = self.required(consistency, self.settings.write_quorum, replicas.len())?;
+            prepared.push((e.key, e.value, ctx, replicas, needed));
+        }
+        let writes = prepared
+            .into_iter()
+            .map(|(key, value, ctx, replicas, needed)| {
+                let record = self.now_record(ctx, value);
+                let new_context = record.context();
+                async move {
+                    self.replicate(replicas, vec![(key, record)], needed)
+                        .await?;
+                    Ok::<_, NodeError>(new_context)
+                }
+            });
+        futures::future::try_join_all(writes).await
+    }
+
+    /// Reads `key`: the merged live siblings of at least R replicas and their context.
+    pub async fn get(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<ReadResult, NodeError> {
+        self.check_key(&key)?;
+        let replicas = self.preference_list(&key);
+        let needed = self.required(consistency, self.settings.read_quorum, replicas.len())?;
+        let (tx, mut rx) =
+            mpsc::channel::<(NodeInfo, Result<Option<Record>, String>)>(replicas.len().max(1));
+        for replica in replicas.iter().cloned() {
+            let node = self.clone();
+            let tx = tx.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let result = node.read_replica(&replica, key).await;
+                let _ = tx.send((replica, result)).await;
+            });
+        }
+        drop(tx);
+        let deadline = tokio::time::sleep(self.settings.request_timeout);
+        tokio::pin!(deadline);
+        let mut answers: Vec<(NodeInfo, Option<Record>)> = Vec::with_capacity(replicas.len());
+        let mut failures = Vec::new();
+        while answers.len() < needed {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some((replica, Ok(record))) => answers.push((replica, record)),
+                    Some((replica, Err(e))) => failures.push(format!("{}: {e}", replica.id)),
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    failures.push(format!("deadline of {:?} passed", self.settings.request_timeout));
+                    break;
+                }
+            }
+        }
+        if answers.len() < needed {
+            return Err(quorum_error(answers.len(), needed, &failures));
+        }
+        let mut merged = Record::default();
+        for (_, r) in &answers {
+            if let Some(r) = r {
+                merged.merge(r);
+            }
+        }
+        merged.resolve(self.settings.conflict);
+        match self.settings.read_repair {
+            ReadRepair::Off => {}
+            ReadRepair::Blocking => {
+                self.repair(&key, &merged, &answers).await;
+            }
+            ReadRepair::Background => {
+                let node = self.clone();
+                let merged = merged.clone();
+                tokio::spawn(async move {
+                    let mut merged = merged;
+                    // Wait for the replicas that had not answered yet, then repair all.
+                    let late_deadline = tokio::time::sleep(node.settings.request_timeout);
+                    tokio::pin!(late_deadline);
+                    loop {
+                        tokio::select! {
+                            msg = rx.recv() => match msg {
+                                Some((replica, Ok(record))) => {
+                                    if let Some(r) = &record {
+                                        merged.merge(r);
+                                    }
+                                    answers.push((replica, record));
+                                }
+                                Some((_, Err(_))) => {}
+                                None => break,
+                            },
+                            _ = &mut late_deadline => break,
+                        }
+                    }
+                    merged.resolve(node.settings.conflict);
+                    node.repair(&key, &merged, &answers).await;
+                });
+            }
+        }
+        Ok(ReadResult {
+            values: merged.values().map(<[u8]>::to_vec).collect(),
+            context: merged.context(),
+        })
+    }
+
+    /// Sends `merged` to every replica whose answer differs from it.
+    async fn repair(
+        self: &Arc<Self>,
+        key: &[u8],
+        merged: &Record,
+        answers: &[(NodeInfo, Option<Record>)],
+    ) {
+        let stale: Vec<NodeInfo> = answers
+            .iter()
+            .filter(|(_, r)| r.as_ref() != Some(merged))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if stale.is_empty() || merged.siblings.is_empty() && merged.seen.is_empty() {
+            return;
+        }
+        tracing::debug!(key_len = key.len(), stale = stale.len(), "read repair");
+        let needed = stale.len();
+        if let Err(e) = self
+            .replicate(stale, vec![(key.to_vec(), merged.clone())], needed)
+            .await
+        {
+            tracing::warn!(key_len = key.len(), error = %e, "read repair incomplete");
+        }
+    }
+
+    async fn read_replica(
+        self: &Arc<Self>,
+        replica: &NodeInfo,
+        key: Vec<u8>,
+    ) -> Result<Option<Record>, String> {
+        if replica.id == self.local.id {
+            let mut records = self
+                .read_local(vec![key])
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(records.pop().flatten());
+        }
+        let request = PeerReadRequest {
+            from_node: self.local.id.clone(),
+            keys: vec![key.into()],
+        };
+        let response = self
+            .transport
+            .read(replica, request, self.settings.request_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(kr) = response.records.into_iter().next() else {
+            return Err(format!(
+                "replica {} answered a read with no record",
+                replica.id
+            ));
+        };
+        if kr.record.is_empty() {
+            return Ok(None);
+        }
+        Record::decode(&kr.record)
+            .map(Some)
+            .map_err(|e| format!("replica {} sent a bad record: {e}", replica.id))
+    }
+
+    /// Sends `entries` to every replica at once and waits for `needed` acknowledgements
+    /// or the deadline. Replicas that answer after this returns still apply the write.
+    async fn replicate(
+        self: &Arc<Self>,
+        replicas: Vec<NodeInfo>,
+        entries: Vec<(Vec<u8>, Record)>,
+        needed: usize,
+    ) -> Result<(), NodeError> {
+        let entries = Arc::new(entries);
+        let (tx, mut rx) = mpsc::channel::<ReplicaResult>(replicas.len().max(1));
+        for replica in replicas {
+            let node = self.clone();
+            let tx = tx.clone();
+            let entries = entries.clone();
+            tokio::spawn(async move {
+                let result = node.write_replica(&replica, entries).await;
+                if let Err(e) = &result {
+                    tracing::debug!(peer = %replica, error = %e, "replica write failed");
+                }
+                let _ = tx.send((replica, result)).await;
+            });
+        }
+        drop(tx);
+        let deadline = tokio::time::sleep(self.settings.request_timeout);
+        tokio::pin!(deadline);
+        let mut acks = 0;
+        let mut failures = Vec::new();
+        while acks < needed {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some((_, Ok(()))) => acks += 1,
+                    Some((replica, Err(e))) => failures.push(format!("{}: {e}", replica.id)),
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    failures.push(format!("deadline of {:?} passed", self.settings.request_timeout));
+                    break;
+                }
+            }
+        }
+        if acks < needed {
+            return Err(quorum_error(acks, needed, &failures));
+        }
+        Ok(())
+    }
+
+    async fn write_replica(
+        self: &Arc<Self>,
+        replica: &NodeInfo,
+        entries: Arc<Vec<(Vec<u8>, Record)>>,
+    ) -> Result<(), String> {
+        if replica.id == self.local.id {
+            let owned: Vec<(Vec<u8>, Record)> = entries.as_ref().clone();
+            return self.merge_local(owned).await.map_err(|e| e.to_string());
+        }
+        let request = ReplicateRequest {
+            from_node: self.local.id.clone(),
+            records: entries
+                .iter()
+                .map(|(k, r)| KeyRecord {
+                    key: k.clone().into(),
+                    record: r.encode().into(),
+                })
+                .collect(),
+        };
+        self.transport
+            .replicate(replica, request, self.settings.request_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|e: TransportError| e.to_string())
+    }
+
+    /// Reads local records, off the async reactor.
+    async fn read_local(
+        self: &Arc<Self>,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<Record>>, NodeError> {
+        let storage = self.storage.clone();
+        blocking(move || {
+            keys.iter()
+                .map(|k| match storage.get(k)? {
+                    None => Ok(None),
+                    Some(bytes) => decode_stored(k, &bytes).map(Some),
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Merges records into local storage (read, merge, write under the keys' locks) and
+    /// returns once the engine has made them durable.
+    async fn merge_local(
+        self: &Arc<Self>,
+        entries: Vec<(Vec<u8>, Record)>,
+    ) -> Result<(), NodeError> {
+        let node = self.clone();
+        blocking(move || node.merge_local_blocking(entries)).await
+    }
+
+    fn merge_local_blocking(&self, entries: Vec<(Vec<u8>, Record)>) -> Result<(), NodeError> {
+        let mut stripes: Vec<usize> = entries.iter().map(|(k, _)| stripe_of(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // Locks are always taken in ascending stripe order, so two merges cannot deadlock.
+        let _guards: Vec<_> = stripes.iter().map(|&s| self.key_locks[s].lock()).collect();
+        let mut batch = WriteBatch::new();
+        let mut merged_in_batch: std::collections::HashMap<&[u8], Record> =
+            std::collections::HashMap::new();
+        for (key, incoming) in &entries {
+            let mut record = match merged_in_batch.remove(key.as_slice()) {
+                Some(r) => r,
+                None => match self.storage.get(key)? {
+                    Some(bytes) => decode_stored(key, &bytes)?,
+                    None => Record::default(),
+                },
+            };
+            record.merge(incoming);
+            record.resolve(self.settings.conflict);
+            merged_in_batch.insert(key.as_slice(), record);
+        }
+        for (key, record) in merged_in_batch {
+            batch.put(key.to_vec(), record.encode());
+        }
+        self.storage.write(batch)?;
+        Ok(())
+    }
+}
+
+fn stripe_of(key: &[u8]) -> usize {
+    (xxhash_rust::xxh3::xxh3_64(key) % KEY_LOCK_STRIPES as u64) as usize
+}
+
+fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Record, NodeError> {
+    Record::decode(bytes).map_err(|e| {
+        NodeError::Storage(distkv_engine::Error::Other(format!(
+            "stored record of a {}-byte key cannot be decoded ({e}); repair it from a replica",
+            key.len()
+        )))
+    })
+}
+
+fn quorum_error(got: usize, needed: usize, failures: &[String]) -> NodeError {
+    let detail = if failures.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", failures.join("; "))
+    };
+    NodeError::QuorumNotReached {
+        got,
+        needed,
+        detail,
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, NodeError> + Send + 'static,
+) -> Result<R, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("storage task failed: {e}")))?
+}
+
+#[async_trait]
+impl<S, M, P, T> PeerHandler for Node<S, M, P, T>
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    async fn replicate(&self, request: ReplicateRequest) -> Result<ReplicateResponse, String> {
+        let mut entries = Vec::with_capacity(request.records.len());
+        for kr in request.records {
+            let record = Record::decode(&kr.record)
+                .map_err(|e| format!("record from {} refused: {e}", request.from_node))?;
+            entries.push((kr.key.to_vec(), record));
+        }
+        let node = self
+            .this
+            .upgrade()
+            .ok_or_else(|| "node is shutting down".to_string())?;
+        node.merge_local(entries).await.map_err(|e| e.to_string())?;
+        Ok(ReplicateResponse {})
+    }
+
+    async fn read(&self, request: PeerReadRequest) -> Result<PeerReadResponse, String> {
+        let storage = self.storage.clone();
+        let keys: Vec<Vec<u8>> = request.keys.iter().map(|k| k.to_vec()).collect();
+        let records = tokio::task::spawn_blocking(move || {
+            keys.into_iter()
+                .map(|k| {
+                    let record = storage
+                        .get(&k)
+                        .map_err(|e| e.to_string())?
+                        .unwrap_or_default();
+                    Ok(KeyRecord {
+                        key: k.into(),
+                        record: record.into(),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(PeerReadResponse { records })
+    }
+
+    async fn ping(&self, _request: PingRequest) -> Result<PingResponse, String> {
+        Ok(PingResponse {
+            node_id: self.local.id.clone(),
+        })
+    }
+}

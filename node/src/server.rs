@@ -1,0 +1,184 @@
+//! Start-up: the one function that turns a [`Config`] into a running node.
+//!
+//! Nothing outside [`run`] knows which storage engine, membership, partitioner or
+//! transport was chosen.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use distkv_backends::MemoryEngine;
+use distkv_engine::StorageEngine;
+use distkv_network::{GrpcTransport, Membership, PeerService, StaticMembership, Transport};
+use distkv_proto::v1::key_value_server::KeyValueServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{Config, ConflictMode, EngineKind, ReadRepairMode};
+use crate::node::{Node, NodeSettings, ReadRepair};
+use crate::ring::{HashRing, Partitioner};
+use crate::service::KeyValueService;
+use crate::version::ConflictPolicy;
+
+/// The node could not start; the message names what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+/// Opens the storage engine named by the configuration.
+pub fn open_storage(config: &Config) -> Result<(Arc<dyn StorageEngine>, String), StartupError> {
+    let dir = &config.data_dir;
+    match config.storage.engine {
+        EngineKind::Memory => {
+            let path = dir.join("memory");
+            let engine = MemoryEngine::open(&path, config.storage.memory.clone()).map_err(|e| {
+                StartupError(format!(
+                    "cannot open the memory engine in {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Ok((Arc::new(engine), "memory".to_string()))
+        }
+        EngineKind::Plugin => Err(StartupError(
+            "storage.engine = \"plugin\" is not available in this build: use \"memory\""
+                .to_string(),
+        )),
+    }
+}
+
+fn settings(config: &Config) -> NodeSettings {
+    let r = &config.replication;
+    NodeSettings {
+        replicas: r.replicas as usize,
+        read_quorum: r.read_quorum as usize,
+        write_quorum: r.write_quorum as usize,
+        request_timeout: r.request_timeout,
+        conflict: match r.conflict {
+            ConflictMode::Siblings => ConflictPolicy::Siblings,
+            ConflictMode::Lww => ConflictPolicy::LastWriteWins,
+        },
+        read_repair: match r.read_repair {
+            ReadRepairMode::Background => ReadRepair::Background,
+            ReadRepairMode::Blocking => ReadRepair::Blocking,
+            ReadRepairMode::Off => ReadRepair::Off,
+        },
+        max_key_bytes: config.limits.max_key_bytes,
+        max_value_bytes: config.limits.max_value_bytes,
+        max_batch_entries: config.limits.max_batch_entries,
+    }
+}
+
+/// Builds the node from `config`, serves it until `shutdown` completes, then stops
+/// accepting, lets in-flight requests finish (up to `shutdown_timeout`), makes every
+/// write durable and closes storage.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let listen = config
+        .listen_addr()
+        .map_err(|e| StartupError(format!("invalid setting address = {}: {e}", config.address)))?;
+    let local = config.local_node();
+    let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
+    let membership =
+        StaticMembership::new(local.clone(), seeds).map_err(|e| StartupError(e.to_string()))?;
+    if config.replication.replicas as usize > membership.topology().nodes.len() {
+        tracing::warn!(
+            replicas = config.replication.replicas,
+            members = membership.topology().nodes.len(),
+            "fewer members than replicas: each key is stored on every member until more nodes join"
+        );
+    }
+    // Bind before opening storage, so a busy port fails fast and leaves the data alone.
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        StartupError(format!("cannot listen on {listen} (setting address): {e}; choose a free port or stop the other process"))
+    })?;
+    let (storage, engine_name) = open_storage(&config)?;
+    let ring = HashRing::new(config.replication.virtual_nodes as usize);
+    let transport =
+        GrpcTransport::new(Duration::from_secs(2).min(config.replication.request_timeout));
+    let node = Node::new(
+        storage,
+        Arc::new(membership),
+        Arc::new(ring),
+        Arc::new(transport),
+        settings(&config),
+    );
+    tracing::info!(
+        node_id = %local.id,
+        address = %listen,
+        advertise = %local.address,
+        engine = %engine_name,
+        replicas = config.replication.replicas,
+        read_quorum = config.replication.read_quorum,
+        write_quorum = config.replication.write_quorum,
+        "distkv node listening"
+    );
+    serve(node, listener, &config, engine_name, shutdown).await
+}
+
+async fn serve<S, M, P, T>(
+    node: Arc<Node<S, M, P, T>>,
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    engine_name: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError>
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    let message_limit =
+        (config.limits.max_value_bytes + config.limits.max_key_bytes) * 2 + (1 << 20);
+    let kv = KeyValueServer::new(KeyValueService::new(
+        node.clone(),
+        engine_name,
+        config.replication.virtual_nodes,
+    ))
+    .max_decoding_message_size(message_limit.max(64 << 20))
+    .max_encoding_message_size(usize::MAX);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(distkv_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartupError(format!("cannot build the gRPC reflection service: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+        let _ = stopping_tx.send(());
+        let _ = stop_tx.send(());
+    });
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(kv)
+        .add_service(PeerService::server(node.clone()))
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let timeout = config.shutdown_timeout;
+    tokio::pin!(server);
+    let served = tokio::select! {
+        res = &mut server => res,
+        _ = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(timeout).await;
+        } => {
+            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "in-flight requests did not finish before the shutdown deadline");
+            Ok(())
+        }
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "server failed");
+    }
+    node.flush_storage()
+        .await
+        .map_err(|e| StartupError(format!("could not make writes durable at shutdown: {e}")))?;
+    node.close_storage()
+        .await
+        .map_err(|e| StartupError(format!("could not close storage at shutdown: {e}")))?;
+    tracing::info!("storage flushed and closed; bye");
+    Ok(())
+}

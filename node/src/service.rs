@@ -1,0 +1,161 @@
+//! The client-facing gRPC service `distkv.v1.KeyValue`, a thin shell over [`Node`].
+
+use std::sync::Arc;
+
+use distkv_engine::StorageEngine;
+use distkv_network::{Membership, Transport};
+use distkv_proto::v1::key_value_server::KeyValue;
+use distkv_proto::v1::{
+    BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
+    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, Stat, StatusRequest,
+    StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::node::{BatchEntry, Consistency, Node};
+use crate::ring::Partitioner;
+
+/// The `KeyValue` service of one node.
+pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
+    node: Arc<Node<S, M, P, T>>,
+    storage_engine: String,
+    virtual_nodes: u32,
+}
+
+impl<S, M, P, T> KeyValueService<S, M, P, T>
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    /// The service over `node`; `storage_engine` and `virtual_nodes` are shown by Status.
+    pub fn new(node: Arc<Node<S, M, P, T>>, storage_engine: String, virtual_nodes: u32) -> Self {
+        KeyValueService {
+            node,
+            storage_engine,
+            virtual_nodes,
+        }
+    }
+}
+
+fn consistency(raw: i32) -> Result<Consistency, Status> {
+    match WireConsistency::try_from(raw) {
+        Ok(WireConsistency::Default) => Ok(Consistency::Default),
+        Ok(WireConsistency::One) => Ok(Consistency::One),
+        Ok(WireConsistency::Quorum) => Ok(Consistency::Quorum),
+        Ok(WireConsistency::All) => Ok(Consistency::All),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "consistency {raw} is unknown: use ONE (1), QUORUM (2), ALL (3) or leave it unset"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl<S, M, P, T> KeyValue for KeyValueService<S, M, P, T>
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let r = request.into_inner();
+        let c = consistency(r.consistency)?;
+        let ctx = self
+            .node
+            .put(r.key.to_vec(), Some(r.value.to_vec()), &r.context, c)
+            .await?;
+        Ok(Response::new(PutResponse {
+            context: ctx.to_context().into(),
+        }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let r = request.into_inner();
+        let c = consistency(r.consistency)?;
+        let result = self.node.get(r.key.to_vec(), c).await?;
+        Ok(Response::new(GetResponse {
+            found: !result.values.is_empty(),
+            values: result.values.into_iter().map(Into::into).collect(),
+            context: result.context.to_context().into(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let r = request.into_inner();
+        let c = consistency(r.consistency)?;
+        let ctx = self.node.put(r.key.to_vec(), None, &r.context, c).await?;
+        Ok(Response::new(DeleteResponse {
+            context: ctx.to_context().into(),
+        }))
+    }
+
+    async fn batch_put(
+        &self,
+        request: Request<BatchPutRequest>,
+    ) -> Result<Response<BatchPutResponse>, Status> {
+        let r = request.into_inner();
+        let c = consistency(r.consistency)?;
+        let entries = r
+            .entries
+            .into_iter()
+            .map(|e| BatchEntry {
+                key: e.key.to_vec(),
+                value: Some(e.value.to_vec()),
+                context: e.context.to_vec(),
+            })
+            .collect();
+        let contexts = self.node.batch(entries, c).await?;
+        Ok(Response::new(BatchPutResponse {
+            contexts: contexts
+                .into_iter()
+                .map(|c| c.to_context().into())
+                .collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let node = &self.node;
+        let settings = node.settings();
+        let stats = node.storage_stats();
+        Ok(Response::new(StatusResponse {
+            node_id: node.local().id.clone(),
+            address: node.local().address.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: node.uptime().as_secs(),
+            replicas: settings.replicas as u32,
+            read_quorum: settings.read_quorum as u32,
+            write_quorum: settings.write_quorum as u32,
+            virtual_nodes: self.virtual_nodes,
+            members: node
+                .members()
+                .into_iter()
+                .map(|(n, l)| Member {
+                    node_id: n.id,
+                    address: n.address,
+                    state: l.to_string(),
+                })
+                .collect(),
+            storage_engine: if stats.engine.is_empty() {
+                self.storage_engine.clone()
+            } else {
+                stats.engine.clone()
+            },
+            storage_stats: stats
+                .values
+                .iter()
+                .map(|(k, v)| Stat {
+                    name: k.clone(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        }))
+    }
+}

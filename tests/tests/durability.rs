@@ -1,0 +1,147 @@
+//! Data survives a graceful stop (SIGTERM, SIGINT) and a crash (SIGKILL) of a real
+//! `distkv-server`: every acknowledged write is served after the restart.
+
+use distkv_proto::v1::{GetRequest, PutRequest};
+use distkv_tests::{connect, Server};
+
+async fn write_keys(addr: &str, from: usize, to: usize) -> anyhow::Result<()> {
+    let mut c = connect(addr).await?;
+    for i in from..to {
+        let req = PutRequest {
+            key: format!("key-{i:05}").into_bytes().into(),
+            value: format!("value-{i}").into_bytes().into(),
+            context: Default::default(),
+            consistency: 0,
+        };
+        c.put(req).await?;
+    }
+    Ok(())
+}
+
+async fn check_keys(addr: &str, from: usize, to: usize) -> anyhow::Result<()> {
+    let mut c = connect(addr).await?;
+    for i in from..to {
+        let r = c
+            .get(GetRequest {
+                key: format!("key-{i:05}").into_bytes().into(),
+                consistency: 0,
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            r.values == vec![format!("value-{i}").into_bytes()],
+            "key-{i:05} lost or wrong: {:?}",
+            r.values
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_sigterm_sigint_and_sigkill() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = tokio::task::block_in_place(|| Server::start(&dir.path().join("n1"), &[]))?;
+
+    write_keys(&server.addr, 0, 300).await?;
+    let status = tokio::task::block_in_place(|| server.signal("TERM"))?;
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    tokio::task::block_in_place(|| server.restart())?;
+    check_keys(&server.addr, 0, 300).await?;
+
+    write_keys(&server.addr, 300, 400).await?;
+    let status = tokio::task::block_in_place(|| server.signal("INT"))?;
+    assert!(status.success(), "SIGINT exits 0, got {status}");
+    tokio::task::block_in_place(|| server.restart())?;
+    check_keys(&server.addr, 0, 400).await?;
+
+    // A crash right after the acknowledgements: nothing acknowledged may be missing.
+    write_keys(&server.addr, 400, 900).await?;
+    tokio::task::block_in_place(|| server.signal("KILL"))?;
+    tokio::task::block_in_place(|| server.restart())?;
+    check_keys(&server.addr, 0, 900).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_concurrent_writes_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = tokio::task::block_in_place(|| Server::start(&dir.path().join("n1"), &[]))?;
+    let addr = server.addr.clone();
+    // Four writers record what the server acknowledged until the connection breaks.
+    let acked = std::sync::Arc::new(parking_lot_free::Acked::default());
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let addr = addr.clone();
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            let Ok(mut c) = connect(&addr).await else {
+                return;
+            };
+            for i in 0..5_000 {
+                let key = format!("w{w}-{i}");
+                let req = PutRequest {
+                    key: key.clone().into_bytes().into(),
+                    value: key.clone().into_bytes().into(),
+                    context: Default::default(),
+                    consistency: 0,
+                };
+                if c.put(req).await.is_err() {
+                    return;
+                }
+                acked.push(key);
+            }
+        }));
+    }
+    // Kill once a few hundred writes are acknowledged (bounded wait).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while acked.len() < 400 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::task::block_in_place(|| server.signal("KILL"))?;
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked = acked.take();
+    assert!(
+        acked.len() >= 400,
+        "only {} writes acknowledged before the deadline",
+        acked.len()
+    );
+    tokio::task::block_in_place(|| server.restart())?;
+    let mut c = connect(&server.addr).await?;
+    for key in &acked {
+        let r = c
+            .get(GetRequest {
+                key: key.clone().into_bytes().into(),
+                consistency: 0,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            r.values,
+            vec![key.clone().into_bytes()],
+            "acknowledged write {key} lost after kill -9"
+        );
+    }
+    Ok(())
+}
+
+mod parking_lot_free {
+    use std::sync::Mutex;
+
+    /// Keys whose writes were acknowledged.
+    #[derive(Default)]
+    pub struct Acked(Mutex<Vec<String>>);
+
+    impl Acked {
+        pub fn push(&self, key: String) {
+            self.0.lock().expect("acked lock").push(key);
+        }
+        pub fn len(&self) -> usize {
+            self.0.lock().expect("acked lock").len()
+        }
+        pub fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().expect("acked lock"))
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `distkv-server` start-up: configuration layering and every refusal to start.
+
+use distkv_tests::{free_port, server_output, stderr, stdout, Server};
+
+#[test]
+fn print_config_shows_file_env_and_flag_layers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "node_id = \"file-node\"\nseed_nodes = [\"n2=127.0.0.1:7002\"]\n[replication]\nreplicas = 3\nread_quorum = 2\nwrite_quorum = 2\nvirtual_nodes = 64\n",
+    )?;
+    let o = server_output(
+        &[
+            "--config",
+            "node.toml",
+            "--virtual-nodes",
+            "32",
+            "--print-config",
+        ],
+        &[
+            ("DISTKV_REPLICATION__VIRTUAL_NODES", "48"),
+            ("DISTKV_NODE_ID", "env-node"),
+            ("DISTKV_LOG__FORMAT", "json"),
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed: toml::Value = toml::from_str(&stdout(&o))?;
+    assert_eq!(
+        printed["node_id"].as_str(),
+        Some("env-node"),
+        "env beats file"
+    );
+    assert_eq!(
+        printed["replication"]["virtual_nodes"].as_integer(),
+        Some(32),
+        "flag beats env"
+    );
+    assert_eq!(
+        printed["replication"]["replicas"].as_integer(),
+        Some(3),
+        "file beats default"
+    );
+    assert_eq!(
+        printed["address"].as_str(),
+        Some("127.0.0.1:8080"),
+        "default"
+    );
+    assert_eq!(printed["log"]["format"].as_str(), Some("json"));
+    assert_eq!(printed["seed_nodes"][0].as_str(), Some("n2=127.0.0.1:7002"));
+    Ok(())
+}
+
+/// Each refusal exits non-zero, before listening, with one line naming the setting and
+/// where it came from.
+#[test]
+fn invalid_settings_stop_the_node_before_it_listens() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[storage]\nengine = \"rocksdb\"\n",
+    )?;
+    std::fs::write(dir.path().join("file-in-the-way"), "x")?;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--replicas", "3", "--read-quorum", "4"],
+            vec![],
+            vec![
+                "replication.read_quorum = 4",
+                "command-line flag --read-quorum",
+            ],
+        ),
+        (
+            vec!["--replicas", "2"],
+            vec![("DISTKV_REPLICATION__WRITE_QUORUM", "3")],
+            vec![
+                "replication.write_quorum = 3",
+                "environment variable DISTKV_REPLICATION__WRITE_QUORUM",
+            ],
+        ),
+        (
+            vec!["--replicas", "0"],
+            vec![],
+            vec!["replication.replicas = 0", "must be at least 1"],
+        ),
+        (
+            vec!["--config", "bad.toml"],
+            vec![],
+            vec!["storage.engine", "bad.toml", "rocksdb"],
+        ),
+        (
+            vec![],
+            vec![("DISTKV_STORAGE__ENGINE", "cassandra")],
+            vec!["storage.engine", "DISTKV_STORAGE__ENGINE", "cassandra"],
+        ),
+        (
+            vec!["--address", "localhost:notaport"],
+            vec![],
+            vec![
+                "address = localhost:notaport",
+                "command-line flag --address",
+            ],
+        ),
+        (
+            vec!["--data-dir", "file-in-the-way/data"],
+            vec![],
+            vec![
+                "data_dir = file-in-the-way/data",
+                "command-line flag --data-dir",
+            ],
+        ),
+        (
+            vec!["--config", "nope.toml"],
+            vec![],
+            vec!["nope.toml does not exist"],
+        ),
+        (
+            vec!["--seed-nodes", "127.0.0.1"],
+            vec![],
+            vec!["seed_nodes", "no port"],
+        ),
+    ];
+    for (args, envs, expected) in cases {
+        let mut full = vec!["--address", addr.as_str()];
+        // The address case overrides the one above (flags: last wins).
+        full.extend(args.iter().copied());
+        let o = server_output(&full, &envs, dir.path());
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} {envs:?} should not start");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{args:?}: one line, got: {err}"
+        );
+        for e in expected {
+            assert!(err.contains(e), "{args:?} {envs:?}: {err:?} lacks {e:?}");
+        }
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "{args:?}: nothing listens"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_busy_port_is_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let first = Server::start(&dir.path().join("n1"), &[])?;
+    let o = server_output(
+        &["--address", &first.addr, "--data-dir", "n2"],
+        &[],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("cannot listen on {}", first.addr)),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_flags_runs_a_node_on_8080_with_data_in_the_current_directory() -> anyhow::Result<()> {
+    // Only when 8080 is free on this machine; otherwise the default cannot be shown here.
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err() {
+        eprintln!("skipping: 127.0.0.1:8080 is in use");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut cmd = std::process::Command::new(distkv_tests::binary("distkv-server"));
+    let mut child = cmd
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut answered = false;
+    for _ in 0..400 {
+        let o = distkv_tests::run_client("127.0.0.1:8080", &["put", "k", "v"], None);
+        if o.status.success() {
+            answered = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait()?;
+    assert!(
+        answered,
+        "the default node did not answer on 127.0.0.1:8080"
+    );
+    assert!(status.success(), "SIGTERM exits 0");
+    assert!(dir.path().join("data").is_dir(), "data lives in ./data");
+    Ok(())
+}
