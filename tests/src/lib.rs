@@ -172,10 +172,7 @@ impl Server {
     /// Sends `signal` (e.g. "TERM", "KILL", "INT") and waits for the exit.
     pub fn signal(&mut self, signal: &str) -> Result<ExitStatus> {
         let mut child = self.child.take().context("server is not running")?;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()?;
+        let status = send_signal(child.id(), signal)?;
         if !status.success() {
             bail!("kill -{signal} failed");
         }
@@ -221,6 +218,14 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends `kill -SIGNAL pid` through the shell's built-in kill (no kill binary needed).
+pub fn send_signal(pid: u32, signal: &str) -> std::io::Result<ExitStatus> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
+        .status()
 }
 
 /// Runs `distkv-client --server addr args...` and returns its output.

@@ -188,10 +188,7 @@ fn no_flags_runs_a_node_on_8080_with_data_in_the_current_directory() -> anyhow::
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    let _ = distkv_tests::send_signal(child.id(), "TERM");
     let status = child.wait()?;
     assert!(
         answered,
@@ -199,5 +196,32 @@ fn no_flags_runs_a_node_on_8080_with_data_in_the_current_directory() -> anyhow::
     );
     assert!(status.success(), "SIGTERM exits 0");
     assert!(dir.path().join("data").is_dir(), "data lives in ./data");
+    Ok(())
+}
+
+/// The configuration reference in README.md is a valid configuration.
+#[test]
+fn the_readme_config_example_loads() -> anyhow::Result<()> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
+    let start = readme
+        .find("```toml\n")
+        .expect("README has a ```toml block")
+        + "```toml\n".len();
+    let len = readme[start..].find("```").expect("the toml block ends");
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("readme.toml"), &readme[start..start + len])?;
+    let o = server_output(
+        &["--config", "readme.toml", "--print-config"],
+        &[],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed: toml::Value = toml::from_str(&stdout(&o))?;
+    assert_eq!(printed["node_id"].as_str(), Some("node-1"));
+    assert_eq!(
+        printed["replication"]["virtual_nodes"].as_integer(),
+        Some(150)
+    );
+    assert_eq!(printed["storage"]["engine"].as_str(), Some("memory"));
     Ok(())
 }
