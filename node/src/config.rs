@@ -85,6 +85,19 @@ pub struct ReplicationConfig {
     pub conflict: ConflictMode,
     /// When stale replicas found by a read are repaired.
     pub read_repair: ReadRepairMode,
+    /// Keep a durable hint for a replica that does not acknowledge a write, and replay it
+    /// when the replica answers again.
+    pub hinted_handoff: bool,
+    /// Count a stored hint as an acknowledgement toward W (Riak's sloppy quorum). Off by
+    /// default, as in Cassandra: W then counts only real replicas of the key.
+    pub hints_count_toward_w: bool,
+    /// How often hints are offered to their targets.
+    #[serde(with = "humantime_serde")]
+    pub hint_replay_interval: Duration,
+    /// Most hints sent to one target per replay round (the replay throttle).
+    pub hint_replay_batch: usize,
+    /// Most actors kept in a write's causal context; the least recent are dropped.
+    pub max_vector_entries: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -97,6 +110,11 @@ impl Default for ReplicationConfig {
             request_timeout: Duration::from_secs(5),
             conflict: ConflictMode::Siblings,
             read_repair: ReadRepairMode::Background,
+            hinted_handoff: true,
+            hints_count_toward_w: false,
+            hint_replay_interval: Duration::from_secs(1),
+            hint_replay_batch: 512,
+            max_vector_entries: 64,
         }
     }
 }
@@ -435,6 +453,27 @@ impl Config {
                 "replication.virtual_nodes",
                 &r.virtual_nodes,
                 "must be from 1 to 4096".into(),
+            ));
+        }
+        if r.hint_replay_interval.is_zero() {
+            return Err(bad(
+                "replication.hint_replay_interval",
+                &"0s",
+                "must be longer than zero".into(),
+            ));
+        }
+        if r.hint_replay_batch == 0 {
+            return Err(bad(
+                "replication.hint_replay_batch",
+                &0,
+                "must be at least 1".into(),
+            ));
+        }
+        if r.max_vector_entries < 1 {
+            return Err(bad(
+                "replication.max_vector_entries",
+                &0,
+                "must be at least 1".into(),
             ));
         }
         if r.request_timeout.is_zero() {

@@ -2,8 +2,10 @@
 //!
 //! The binaries `distkv-server` and `distkv-client` live in `src/bin/`.
 
+pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod hints;
 pub mod logging;
 pub mod node;
 pub mod ring;

@@ -11,6 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use dashmap::DashMap;
 use distkv_engine::{EngineStats, StorageEngine, WriteBatch};
 use distkv_network::{Liveness, Membership, NodeInfo, PeerHandler, Transport, TransportError};
 use distkv_proto::v1::{
@@ -20,7 +21,9 @@ use distkv_proto::v1::{
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::batcher::{Entries, SendBatch, WriteBatcher};
 use crate::error::NodeError;
+use crate::hints::HintStore;
 use crate::ring::Partitioner;
 use crate::version::{ConflictPolicy, Dot, Record, VersionVector};
 
@@ -69,6 +72,37 @@ pub struct NodeSettings {
     pub max_value_bytes: usize,
     /// Most entries in one batch.
     pub max_batch_entries: usize,
+    /// Keep a hint for a replica that did not acknowledge a write.
+    pub hinted_handoff: bool,
+    /// A stored hint counts as an acknowledgement toward W (sloppy quorum).
+    pub hints_count_toward_w: bool,
+    /// Most hints sent to one target per replay round (the replay throttle).
+    pub hint_replay_batch: usize,
+    /// Most actors kept in a write's causal context (oldest dropped beyond).
+    pub max_vector_entries: usize,
+}
+
+impl NodeSettings {
+    /// Settings for `replicas`/`read_quorum`/`write_quorum` with every other value at its
+    /// default (5 s deadline, siblings, background read repair, 64 KiB keys, 16 MiB values,
+    /// hinted handoff on, hints not counted toward W).
+    pub fn new(replicas: usize, read_quorum: usize, write_quorum: usize) -> Self {
+        NodeSettings {
+            replicas,
+            read_quorum,
+            write_quorum,
+            request_timeout: Duration::from_secs(5),
+            conflict: ConflictPolicy::Siblings,
+            read_repair: ReadRepair::Background,
+            max_key_bytes: 64 * 1024,
+            max_value_bytes: 16 * 1024 * 1024,
+            max_batch_entries: 10_000,
+            hinted_handoff: true,
+            hints_count_toward_w: false,
+            hint_replay_batch: 512,
+            max_vector_entries: 64,
+        }
+    }
 }
 
 /// The answer to a read.
@@ -106,6 +140,8 @@ pub struct Node<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Tra
     key_locks: Vec<Mutex<()>>,
     started: Instant,
     this: Weak<Self>,
+    batchers: DashMap<String, WriteBatcher>,
+    hints: Option<Arc<HintStore>>,
 }
 
 /// Issues write counters for this node: strictly increasing, and at least the current
@@ -156,6 +192,7 @@ where
         membership: Arc<M>,
         partitioner: Arc<P>,
         transport: Arc<T>,
+        hints: Option<Arc<HintStore>>,
         settings: NodeSettings,
     ) -> Arc<Self> {
         partitioner.set_topology(&membership.topology());
@@ -170,6 +207,8 @@ where
             clock: DotClock::new(),
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             started: Instant::now(),
+            batchers: DashMap::new(),
+            hints,
         })
     }
 
@@ -201,21 +240,46 @@ where
             .collect()
     }
 
-    /// Statistics of the local storage engine.
+    /// Statistics of the local storage engine, plus the pending hints.
     pub fn storage_stats(&self) -> EngineStats {
-        self.storage.stats()
+        let mut stats = self.storage.stats();
+        if let Some(h) = &self.hints {
+            stats.set("hints.pending", h.total_pending());
+        }
+        stats
     }
 
-    /// Makes every local write durable (used at shutdown).
+    /// Hints held for other nodes, per target.
+    pub fn pending_hints(&self) -> Vec<(String, u64)> {
+        self.hints.as_ref().map(|h| h.pending()).unwrap_or_default()
+    }
+
+    /// Makes every local write and hint durable (used at shutdown).
     pub async fn flush_storage(&self) -> Result<(), NodeError> {
         let storage = self.storage.clone();
-        blocking(move || storage.flush().map_err(NodeError::from)).await
+        let hints = self.hints.clone();
+        blocking(move || {
+            storage.flush()?;
+            if let Some(h) = hints {
+                h.flush()?;
+            }
+            Ok(())
+        })
+        .await
     }
 
-    /// Flushes and closes the local storage engine.
+    /// Flushes and closes the local storage engine and the hint store.
     pub async fn close_storage(&self) -> Result<(), NodeError> {
         let storage = self.storage.clone();
-        blocking(move || storage.close().map_err(NodeError::from)).await
+        let hints = self.hints.clone();
+        blocking(move || {
+            storage.close()?;
+            if let Some(h) = hints {
+                h.close()?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn preference_list(&self, key: &[u8]) -> Vec<NodeInfo> {
@@ -280,7 +344,8 @@ where
         })
     }
 
-    fn now_record(&self, context: VersionVector, value: Option<Vec<u8>>) -> Record {
+    fn now_record(&self, mut context: VersionVector, value: Option<Vec<u8>>) -> Record {
+        context.prune(self.settings.max_vector_entries);
         let counter = self.clock.next(context.get(&self.local.id));
         let dot = Dot {
             actor: self.local.id.clone(),
@@ -549,14 +614,67 @@ where
         Ok(())
     }
 
+    /// Writes to one replica through its queue. When a remote replica fails, the write
+    /// becomes a durable hint (if enabled); with `hints_count_toward_w` the stored hint
+    /// is the acknowledgement.
     async fn write_replica(
         self: &Arc<Self>,
         replica: &NodeInfo,
-        entries: Arc<Vec<(Vec<u8>, Record)>>,
+        entries: Arc<Entries>,
+    ) -> Result<(), String> {
+        let result = self.batcher(replica).write(entries.clone()).await;
+        let Err(error) = result else { return Ok(()) };
+        if replica.id == self.local.id || !self.settings.hinted_handoff {
+            return Err(error);
+        }
+        let Some(hints) = self.hints.clone() else {
+            return Err(error);
+        };
+        let target = replica.id.clone();
+        let stored = blocking(move || hints.add(&target, &entries).map_err(NodeError::from)).await;
+        match stored {
+            Ok(()) => {
+                tracing::debug!(peer = %replica, "write kept as a hint");
+                if self.settings.hints_count_toward_w {
+                    Ok(())
+                } else {
+                    Err(format!("{error} (kept as a hint)"))
+                }
+            }
+            Err(e) => Err(format!("{error}; the hint could not be stored either: {e}")),
+        }
+    }
+
+    /// The write queue of `replica`, created on first use.
+    fn batcher(self: &Arc<Self>, replica: &NodeInfo) -> WriteBatcher {
+        if let Some(b) = self.batchers.get(&replica.id) {
+            return b.clone();
+        }
+        let weak = Arc::downgrade(self);
+        let target = replica.clone();
+        let send: SendBatch = Arc::new(move |entries: Entries| {
+            let weak = weak.clone();
+            let target = target.clone();
+            Box::pin(async move {
+                let node = weak
+                    .upgrade()
+                    .ok_or_else(|| "node is shutting down".to_string())?;
+                node.send_to_replica(&target, entries).await
+            })
+        });
+        self.batchers
+            .entry(replica.id.clone())
+            .or_insert_with(|| WriteBatcher::spawn(8, 512, send))
+            .clone()
+    }
+
+    async fn send_to_replica(
+        self: &Arc<Self>,
+        replica: &NodeInfo,
+        entries: Entries,
     ) -> Result<(), String> {
         if replica.id == self.local.id {
-            let owned: Vec<(Vec<u8>, Record)> = entries.as_ref().clone();
-            return self.merge_local(owned).await.map_err(|e| e.to_string());
+            return self.merge_local(entries).await.map_err(|e| e.to_string());
         }
         let request = ReplicateRequest {
             from_node: self.local.id.clone(),
@@ -573,6 +691,77 @@ where
             .await
             .map(|_| ())
             .map_err(|e: TransportError| e.to_string())
+    }
+
+    /// One round of hinted handoff: for each node this one holds hints for, if it answers
+    /// a ping, send it up to `hint_replay_batch` hints and delete those it acknowledged.
+    /// Returns the number of hints delivered. The server calls this periodically; tests
+    /// call it directly.
+    pub async fn replay_hints_once(self: &Arc<Self>) -> usize {
+        let Some(hints) = self.hints.clone() else {
+            return 0;
+        };
+        let topology = self.membership.topology();
+        let mut delivered = 0;
+        for (target_id, _) in hints.pending() {
+            let Some(target) = topology.node(&target_id).cloned() else {
+                continue;
+            };
+            if self.membership.liveness(&target.id) == Liveness::Dead {
+                continue;
+            }
+            let ping = PingRequest {
+                from_node: self.local.id.clone(),
+            };
+            if self
+                .transport
+                .ping(&target, ping, self.settings.request_timeout)
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let store = hints.clone();
+            let t = target_id.clone();
+            let limit = self.settings.hint_replay_batch;
+            let batch = match blocking(move || store.take(&t, limit).map_err(NodeError::from)).await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(peer = %target, error = %e, "cannot read hints");
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let ids: Vec<Vec<u8>> = batch.iter().map(|h| h.id.clone()).collect();
+            let entries: Entries = batch.into_iter().map(|h| (h.key, h.record)).collect();
+            let n = entries.len();
+            match self.send_to_replica(&target, entries).await {
+                Ok(()) => {
+                    let store = hints.clone();
+                    let t = target_id.clone();
+                    if let Err(e) =
+                        blocking(move || store.remove(&t, ids).map_err(NodeError::from)).await
+                    {
+                        tracing::warn!(peer = %target, error = %e, "delivered hints could not be removed; they will be sent again");
+                    } else {
+                        delivered += n;
+                        tracing::info!(peer = %target, hints = n, "hints delivered");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %target, error = %e, "hint replay failed; will retry")
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Reads the local record of `key` (for tests and tools).
+    pub async fn local_record(self: &Arc<Self>, key: &[u8]) -> Result<Option<Record>, NodeError> {
+        Ok(self.read_local(vec![key.to_vec()]).await?.pop().flatten())
     }
 
     /// Reads local records, off the async reactor.

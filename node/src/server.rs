@@ -7,13 +7,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use distkv_backends::MemoryEngine;
+use distkv_backends::{MemoryEngine, MemoryOptions};
 use distkv_engine::StorageEngine;
 use distkv_network::{GrpcTransport, Membership, PeerService, StaticMembership, Transport};
 use distkv_proto::v1::key_value_server::KeyValueServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::{Config, ConflictMode, EngineKind, ReadRepairMode};
+use crate::hints::HintStore;
 use crate::node::{Node, NodeSettings, ReadRepair};
 use crate::ring::{HashRing, Partitioner};
 use crate::service::KeyValueService;
@@ -64,7 +65,32 @@ fn settings(config: &Config) -> NodeSettings {
         max_key_bytes: config.limits.max_key_bytes,
         max_value_bytes: config.limits.max_value_bytes,
         max_batch_entries: config.limits.max_batch_entries,
+        hinted_handoff: r.hinted_handoff,
+        hints_count_toward_w: r.hints_count_toward_w,
+        hint_replay_batch: r.hint_replay_batch,
+        max_vector_entries: r.max_vector_entries,
     }
+}
+
+/// Opens the hint store under `data_dir/hints`.
+fn open_hints(config: &Config) -> Result<Option<Arc<HintStore>>, StartupError> {
+    if !config.replication.hinted_handoff {
+        return Ok(None);
+    }
+    let path = config.data_dir.join("hints");
+    let engine = MemoryEngine::open(&path, MemoryOptions { sync: true }).map_err(|e| {
+        StartupError(format!(
+            "cannot open the hint store in {}: {e}",
+            path.display()
+        ))
+    })?;
+    let store = HintStore::open(Arc::new(engine)).map_err(|e| {
+        StartupError(format!(
+            "cannot read the hint store in {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// Builds the node from `config`, serves it until `shutdown` completes, then stops
@@ -96,13 +122,16 @@ pub async fn run(
     let ring = HashRing::new(config.replication.virtual_nodes as usize);
     let transport =
         GrpcTransport::new(Duration::from_secs(2).min(config.replication.request_timeout));
+    let hints = open_hints(&config)?;
     let node = Node::new(
         storage,
         Arc::new(membership),
         Arc::new(ring),
         Arc::new(transport),
+        hints,
         settings(&config),
     );
+    spawn_hint_replay(&node, config.replication.hint_replay_interval);
     tracing::info!(
         node_id = %local.id,
         address = %listen,
@@ -114,6 +143,26 @@ pub async fn run(
         "distkv node listening"
     );
     serve(node, listener, &config, engine_name, shutdown).await
+}
+
+/// Offers pending hints to their targets every `interval`, for as long as the node lives.
+fn spawn_hint_replay<S, M, P, T>(node: &Arc<Node<S, M, P, T>>, interval: Duration)
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(node) = weak.upgrade() else { break };
+            node.replay_hints_once().await;
+        }
+    });
 }
 
 async fn serve<S, M, P, T>(

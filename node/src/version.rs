@@ -60,6 +60,22 @@ impl VersionVector {
         other.0.iter().all(|(a, &c)| self.get(a) >= c)
     }
 
+    /// Keeps at most `max` actors, dropping those with the smallest counters. Counters
+    /// are issued from each coordinator's clock in microseconds, so these are the actors
+    /// that wrote least recently. A write whose context lost an actor this way does not
+    /// supersede that actor's old values: they survive as siblings, never silently lost.
+    pub fn prune(&mut self, max: usize) {
+        if self.0.len() <= max {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self.0.iter().map(|(a, &c)| (c, a.clone())).collect();
+        by_age.sort();
+        let drop = by_age.len() - max;
+        for (_, actor) in by_age.into_iter().take(drop) {
+            self.0.remove(&actor);
+        }
+    }
+
     /// Number of actors.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -468,6 +484,15 @@ mod tests {
             Some(b"early".to_vec()),
         ));
         assert_eq!(r.values().collect::<Vec<_>>(), vec![b"late".as_slice()]);
+    }
+
+    #[test]
+    fn pruning_keeps_the_most_recent_actors() {
+        let mut v = vv(&[("a", 5), ("b", 1), ("c", 9), ("d", 3)]);
+        v.prune(2);
+        assert_eq!(v, vv(&[("a", 5), ("c", 9)]));
+        v.prune(8);
+        assert_eq!(v.len(), 2);
     }
 
     #[test]
