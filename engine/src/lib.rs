@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod conformance;
 mod types;
 
 pub use types::{Error, KeyRange, Result, StatValue, EngineStats, WriteBatch, WriteOp};
