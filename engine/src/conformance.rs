@@ -454,15 +454,22 @@ fn scan_limits_and_paging(h: &Harness) {
         start: Bound::Included(3u32.to_be_bytes().to_vec()),
         end: Bound::Excluded(22u32.to_be_bytes().to_vec()),
     };
-    let mut paged = Vec::new();
+    let mut paged: Vec<Vec<u8>> = Vec::new();
     let mut next = range.clone();
     loop {
         let page = h.scan(&*e, &next, 4);
         assert!(
             page.len() <= 4,
-            "[conformance:scan_limits_and_paging] a page must not exceed its limit"
+            "[conformance:scan_limits_and_paging] a page of limit 4 returned {} entries",
+            page.len()
         );
         let Some((last, _)) = page.last() else { break };
+        if let (Some(previous), Some((first, _))) = (paged.last(), page.first()) {
+            assert!(
+                first > previous,
+                "[conformance:scan_limits_and_paging] a page started at or before the last key of the previous page (KeyRange::after must exclude it)"
+            );
+        }
         next = range.after(last);
         paged.extend(page.into_iter().map(|(k, _)| k));
     }
