@@ -24,6 +24,11 @@
 //! valid record follows it, it is a torn tail left by a crash during an append: the log is
 //! truncated there and a warning is logged. If a valid record follows it, data in the
 //! middle of the log is damaged and `open` fails with [`Error::Corruption`].
+//!
+//! A `write` that fails while appending poisons the engine: later writes fail with
+//! [`Error::Poisoned`] until it is reopened. A batch whose `write` returned an error may or
+//! may not be present after a restart (the append may have reached the disk before the
+//! failure); a batch whose `write` returned `Ok` is always present.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -338,10 +343,41 @@ fn record_at(log: &[u8], offset: usize) -> Option<(Vec<WriteOp>, usize)> {
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     let start = offset + HEADER_LEN;
     let payload = log.get(start..start.checked_add(len)?)?;
-    if crc32fast::hash(payload) != crc {
+    // The structure check is cheap and fails within a few bytes on garbage, so searching
+    // for the next valid record after a damaged one costs about one pass over the log.
+    if !well_formed(payload) || crc32fast::hash(payload) != crc {
         return None;
     }
     decode_payload(payload).map(|ops| (ops, HEADER_LEN + len))
+}
+
+/// True when `p` parses as a payload, without copying anything.
+fn well_formed(p: &[u8]) -> bool {
+    let mut pos = 0usize;
+    let u32_at = |pos: &mut usize| -> Option<usize> {
+        let b = p.get(*pos..*pos + 4)?;
+        *pos += 4;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(count) = u32_at(&mut pos) else {
+        return false;
+    };
+    for _ in 0..count {
+        let Some(&tag) = p.get(pos) else { return false };
+        pos += 1;
+        let fields = match tag {
+            OP_PUT => 2,
+            OP_DELETE => 1,
+            _ => return false,
+        };
+        for _ in 0..fields {
+            match u32_at(&mut pos) {
+                Some(len) if len <= p.len() - pos => pos += len,
+                _ => return false,
+            }
+        }
+    }
+    pos == p.len()
 }
 
 /// Replays the log bytes read from `path` into a map. Truncates a torn tail on disk.
@@ -578,6 +614,25 @@ mod tests {
         }
         // The damaged log is left untouched for the operator.
         assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn damaged_length_field_in_a_long_log_is_corruption_not_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<WriteBatch> = (0..2000u32)
+            .map(|i| batch(&[(&i.to_be_bytes(), Some(&[7u8; 100][..]))]))
+            .collect();
+        let offsets = write_raw_log(dir.path(), &batches);
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        // The length's high byte: the record now claims to run far past the end of the log.
+        bytes[offsets[3] as usize + 3] = 0x7F;
+        fs::write(&path, &bytes).unwrap();
+        match MemoryEngine::open(dir.path(), MemoryOptions::default()) {
+            Err(Error::Corruption { offset, .. }) => assert_eq!(offset, offsets[3]),
+            Err(other) => panic!("expected Corruption, got {other}"),
+            Ok(_) => panic!("a damaged length must not silently drop 1996 batches"),
+        }
     }
 
     #[test]
