@@ -11,4 +11,4 @@ pub mod memory;
 pub mod plugin;
 
 pub use memory::{MemoryEngine, MemoryOptions};
-pub use plugin::{PluginEngine, PluginError};
+pub use plugin::{options_with_data_dir, PluginEngine, PluginError};

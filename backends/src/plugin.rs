@@ -108,6 +108,21 @@ pub enum PluginError {
     },
 }
 
+/// The options JSON a node passes to [`PluginEngine::load`]: the operator's
+/// `storage.plugin.options` object with `"data_dir"` set to the node's storage directory
+/// (as a string; a non-UTF-8 path is converted lossily), unless the operator already set
+/// `data_dir`. The host itself adds nothing to the options it is given.
+pub fn options_with_data_dir(
+    options: &serde_json::Map<String, serde_json::Value>,
+    data_dir: &Path,
+) -> String {
+    let mut options = options.clone();
+    options
+        .entry("data_dir")
+        .or_insert_with(|| serde_json::Value::String(data_dir.to_string_lossy().into_owned()));
+    serde_json::Value::Object(options).to_string()
+}
+
 /// The checked, non-null entries of a plugin's function table.
 #[derive(Clone, Copy)]
 struct Functions {
@@ -540,5 +555,33 @@ impl Drop for PluginEngine {
         // SAFETY: `&mut self` means no other call on the handle is running or will run, and
         // `destroy` is called exactly once, here. The library is never unloaded.
         unsafe { (self.functions.destroy)(self.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_with_data_dir_adds_it_only_when_absent() {
+        let mut options = serde_json::Map::new();
+        options.insert("path".into(), "/x/db".into());
+        let json = options_with_data_dir(&options, Path::new("/var/lib/distkv"));
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({ "path": "/x/db", "data_dir": "/var/lib/distkv" })
+        );
+        options.insert("data_dir".into(), "/custom".into());
+        let json = options_with_data_dir(&options, Path::new("/var/lib/distkv"));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&json).unwrap()["data_dir"],
+            "/custom"
+        );
+    }
+
+    #[test]
+    fn loader_messages_become_one_line() {
+        assert_eq!(one_line("a\n  b\tc "), "a b c");
     }
 }
