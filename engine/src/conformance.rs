@@ -623,6 +623,11 @@ fn concurrent_readers_and_writers(h: &Harness) {
 fn close(h: &Harness) {
     let e = h.open();
     h.put(&*e, b"k", b"v");
+    h.ok("flush", e.flush());
+    assert!(
+        !e.stats().engine.is_empty(),
+        "[conformance:close] stats of an open engine must name the engine"
+    );
     h.ok("close", e.close());
     let closed = |what: &str, is_closed: bool| {
         assert!(
