@@ -84,6 +84,8 @@ pub struct MemoryEngine {
     /// Set when an append failed part-way: the log may end in a partial record, so no
     /// further write is accepted (recovery truncates the partial record on restart).
     poisoned: Mutex<Option<String>>,
+    /// Total bytes of the stored keys and values, kept up to date under the map's lock.
+    data_bytes: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
 }
@@ -106,7 +108,9 @@ impl MemoryEngine {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         tracing::debug!(dir = %dir.display(), keys = map.len(), log_bytes = bytes, "memory engine opened");
+        let data_bytes = map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         Ok(MemoryEngine {
+            data_bytes: AtomicU64::new(data_bytes),
             map: RwLock::new(map),
             log: Mutex::new(Some(Log {
                 file,
@@ -126,6 +130,7 @@ impl MemoryEngine {
     /// for nodes that keep no state.
     pub fn ephemeral() -> MemoryEngine {
         MemoryEngine {
+            data_bytes: AtomicU64::new(0),
             map: RwLock::new(BTreeMap::new()),
             log: Mutex::new(None),
             ephemeral: true,
@@ -163,9 +168,10 @@ impl StorageEngine for MemoryEngine {
             return Err(Error::Poisoned(reason));
         }
         if let Some(log) = log.as_mut() {
-            let record = encode_record(batch.ops()).map_err(|detail| Error::InvalidOption {
-                option: "batch".into(),
-                reason: detail,
+            let record = encode_record(batch.ops()).map_err(|detail| {
+                Error::Other(format!(
+                    "memory engine refused a batch: {detail}; split the value"
+                ))
             })?;
             if let Err(e) = append(log, &record) {
                 *self.poisoned.lock() = Some(e.to_string());
@@ -173,16 +179,25 @@ impl StorageEngine for MemoryEngine {
             }
         }
         let mut map = self.map.write();
+        // Net change of the stored bytes; negative values wrap, which `fetch_add` undoes.
+        let mut delta = 0u64;
         for op in batch.into_ops() {
             match op {
                 WriteOp::Put { key, value } => {
-                    map.insert(key, value);
+                    let (key_len, added) = (key.len() as u64, (key.len() + value.len()) as u64);
+                    let removed = map
+                        .insert(key, value)
+                        .map_or(0, |old| key_len + old.len() as u64);
+                    delta = delta.wrapping_add(added).wrapping_sub(removed);
                 }
                 WriteOp::Delete { key } => {
-                    map.remove(&key);
+                    if let Some(old) = map.remove(&key) {
+                        delta = delta.wrapping_sub((key.len() + old.len()) as u64);
+                    }
                 }
             }
         }
+        self.data_bytes.fetch_add(delta, Ordering::Relaxed);
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -213,10 +228,9 @@ impl StorageEngine for MemoryEngine {
         let mut stats = EngineStats::new("memory");
         {
             let map = self.map.read();
-            let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
             stats
                 .set("keys", map.len() as u64)
-                .set("bytes", bytes as u64);
+                .set("bytes", self.data_bytes.load(Ordering::Relaxed));
         }
         stats
             .set("reads", self.reads.load(Ordering::Relaxed))
@@ -509,6 +523,14 @@ mod tests {
             all,
             vec![(b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), Vec::new())]
         );
+        assert_eq!(
+            e.stats().get("keys"),
+            Some(&distkv_engine::StatValue::U64(2))
+        );
+        assert_eq!(
+            e.stats().get("bytes"),
+            Some(&distkv_engine::StatValue::U64(3))
+        );
         assert!(e
             .scan(&KeyRange::between(b"z".to_vec(), b"a".to_vec()), 10)
             .unwrap()
@@ -536,6 +558,10 @@ mod tests {
         assert_eq!(e.get(b"k").unwrap(), Some(99u32.to_be_bytes().to_vec()));
         assert_eq!(e.get(b"gone").unwrap(), None);
         assert_eq!(e.get(b"kept").unwrap(), Some(b"y".to_vec()));
+        assert_eq!(
+            e.stats().get("bytes"),
+            Some(&distkv_engine::StatValue::U64(10))
+        );
         let compacted = fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
         assert!(
             compacted < grown / 10,
