@@ -195,3 +195,27 @@ fn a_loaded_plugin_reports_its_name_and_stats() {
     engine.close().unwrap();
     assert!(matches!(engine.get(b"a"), Err(Error::Closed)));
 }
+
+#[test]
+fn a_panic_in_any_operation_is_caught_at_the_boundary() {
+    let path = common::plugin_library("distkv-example-memory");
+    let load = |op: &str| PluginEngine::load(&path, &format!(r#"{{"panic_on": "{op}"}}"#)).unwrap();
+    let expect_panic = |op: &str, result: distkv_engine::Result<()>| match result {
+        Err(Error::Other(message)) => {
+            assert!(message.contains(&format!("panicked in {op}")), "{message}");
+        }
+        other => panic!("a panic in {op} must become Error::Other, got {other:?}"),
+    };
+    let mut batch = WriteBatch::new();
+    batch.put(b"k".to_vec(), b"v".to_vec());
+    expect_panic("write", load("write").write(batch));
+    expect_panic("flush", load("flush").flush());
+    expect_panic("close", load("close").close());
+    let stats = load("stats").stats();
+    match stats.get("error") {
+        Some(distkv_engine::StatValue::Text(message)) => {
+            assert!(message.contains("panicked in stats"), "{message}")
+        }
+        other => panic!("a panic in stats must show as an error entry, got {other:?}"),
+    }
+}
