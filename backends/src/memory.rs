@@ -24,6 +24,11 @@
 //! valid record follows it, it is a torn tail left by a crash during an append: the log is
 //! truncated there and a warning is logged. If a valid record follows it, data in the
 //! middle of the log is damaged and `open` fails with [`Error::Corruption`].
+//!
+//! A `write` that fails while appending poisons the engine: later writes fail with
+//! [`Error::Poisoned`] until it is reopened. A batch whose `write` returned an error may or
+//! may not be present after a restart (the append may have reached the disk before the
+//! failure); a batch whose `write` returned `Ok` is always present.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -79,6 +84,8 @@ pub struct MemoryEngine {
     /// Set when an append failed part-way: the log may end in a partial record, so no
     /// further write is accepted (recovery truncates the partial record on restart).
     poisoned: Mutex<Option<String>>,
+    /// Total bytes of the stored keys and values, kept up to date under the map's lock.
+    data_bytes: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
 }
@@ -101,7 +108,9 @@ impl MemoryEngine {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         tracing::debug!(dir = %dir.display(), keys = map.len(), log_bytes = bytes, "memory engine opened");
+        let data_bytes = map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         Ok(MemoryEngine {
+            data_bytes: AtomicU64::new(data_bytes),
             map: RwLock::new(map),
             log: Mutex::new(Some(Log {
                 file,
@@ -121,6 +130,7 @@ impl MemoryEngine {
     /// for nodes that keep no state.
     pub fn ephemeral() -> MemoryEngine {
         MemoryEngine {
+            data_bytes: AtomicU64::new(0),
             map: RwLock::new(BTreeMap::new()),
             log: Mutex::new(None),
             ephemeral: true,
@@ -158,9 +168,10 @@ impl StorageEngine for MemoryEngine {
             return Err(Error::Poisoned(reason));
         }
         if let Some(log) = log.as_mut() {
-            let record = encode_record(batch.ops()).map_err(|detail| Error::InvalidOption {
-                option: "batch".into(),
-                reason: detail,
+            let record = encode_record(batch.ops()).map_err(|detail| {
+                Error::Other(format!(
+                    "memory engine refused a batch: {detail}; split the value"
+                ))
             })?;
             if let Err(e) = append(log, &record) {
                 *self.poisoned.lock() = Some(e.to_string());
@@ -168,16 +179,25 @@ impl StorageEngine for MemoryEngine {
             }
         }
         let mut map = self.map.write();
+        // Net change of the stored bytes; negative values wrap, which `fetch_add` undoes.
+        let mut delta = 0u64;
         for op in batch.into_ops() {
             match op {
                 WriteOp::Put { key, value } => {
-                    map.insert(key, value);
+                    let (key_len, added) = (key.len() as u64, (key.len() + value.len()) as u64);
+                    let removed = map
+                        .insert(key, value)
+                        .map_or(0, |old| key_len + old.len() as u64);
+                    delta = delta.wrapping_add(added).wrapping_sub(removed);
                 }
                 WriteOp::Delete { key } => {
-                    map.remove(&key);
+                    if let Some(old) = map.remove(&key) {
+                        delta = delta.wrapping_sub((key.len() + old.len()) as u64);
+                    }
                 }
             }
         }
+        self.data_bytes.fetch_add(delta, Ordering::Relaxed);
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -208,10 +228,9 @@ impl StorageEngine for MemoryEngine {
         let mut stats = EngineStats::new("memory");
         {
             let map = self.map.read();
-            let bytes: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
             stats
                 .set("keys", map.len() as u64)
-                .set("bytes", bytes as u64);
+                .set("bytes", self.data_bytes.load(Ordering::Relaxed));
         }
         stats
             .set("reads", self.reads.load(Ordering::Relaxed))
@@ -338,10 +357,41 @@ fn record_at(log: &[u8], offset: usize) -> Option<(Vec<WriteOp>, usize)> {
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     let start = offset + HEADER_LEN;
     let payload = log.get(start..start.checked_add(len)?)?;
-    if crc32fast::hash(payload) != crc {
+    // The structure check is cheap and fails within a few bytes on garbage, so searching
+    // for the next valid record after a damaged one costs about one pass over the log.
+    if !well_formed(payload) || crc32fast::hash(payload) != crc {
         return None;
     }
     decode_payload(payload).map(|ops| (ops, HEADER_LEN + len))
+}
+
+/// True when `p` parses as a payload, without copying anything.
+fn well_formed(p: &[u8]) -> bool {
+    let mut pos = 0usize;
+    let u32_at = |pos: &mut usize| -> Option<usize> {
+        let b = p.get(*pos..*pos + 4)?;
+        *pos += 4;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(count) = u32_at(&mut pos) else {
+        return false;
+    };
+    for _ in 0..count {
+        let Some(&tag) = p.get(pos) else { return false };
+        pos += 1;
+        let fields = match tag {
+            OP_PUT => 2,
+            OP_DELETE => 1,
+            _ => return false,
+        };
+        for _ in 0..fields {
+            match u32_at(&mut pos) {
+                Some(len) if len <= p.len() - pos => pos += len,
+                _ => return false,
+            }
+        }
+    }
+    pos == p.len()
 }
 
 /// Replays the log bytes read from `path` into a map. Truncates a torn tail on disk.
@@ -473,6 +523,14 @@ mod tests {
             all,
             vec![(b"a".to_vec(), b"1".to_vec()), (b"c".to_vec(), Vec::new())]
         );
+        assert_eq!(
+            e.stats().get("keys"),
+            Some(&distkv_engine::StatValue::U64(2))
+        );
+        assert_eq!(
+            e.stats().get("bytes"),
+            Some(&distkv_engine::StatValue::U64(3))
+        );
         assert!(e
             .scan(&KeyRange::between(b"z".to_vec(), b"a".to_vec()), 10)
             .unwrap()
@@ -500,6 +558,10 @@ mod tests {
         assert_eq!(e.get(b"k").unwrap(), Some(99u32.to_be_bytes().to_vec()));
         assert_eq!(e.get(b"gone").unwrap(), None);
         assert_eq!(e.get(b"kept").unwrap(), Some(b"y".to_vec()));
+        assert_eq!(
+            e.stats().get("bytes"),
+            Some(&distkv_engine::StatValue::U64(10))
+        );
         let compacted = fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
         assert!(
             compacted < grown / 10,
@@ -578,6 +640,25 @@ mod tests {
         }
         // The damaged log is left untouched for the operator.
         assert_eq!(fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn damaged_length_field_in_a_long_log_is_corruption_not_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<WriteBatch> = (0..2000u32)
+            .map(|i| batch(&[(&i.to_be_bytes(), Some(&[7u8; 100][..]))]))
+            .collect();
+        let offsets = write_raw_log(dir.path(), &batches);
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        // The length's high byte: the record now claims to run far past the end of the log.
+        bytes[offsets[3] as usize + 3] = 0x7F;
+        fs::write(&path, &bytes).unwrap();
+        match MemoryEngine::open(dir.path(), MemoryOptions::default()) {
+            Err(Error::Corruption { offset, .. }) => assert_eq!(offset, offsets[3]),
+            Err(other) => panic!("expected Corruption, got {other}"),
+            Ok(_) => panic!("a damaged length must not silently drop 1996 batches"),
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod conformance;
 mod types;
 
 pub use types::{EngineStats, Error, KeyRange, Result, StatValue, WriteBatch, WriteOp};
