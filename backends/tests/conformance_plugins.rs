@@ -1,8 +1,6 @@
 //! The storage conformance suite on both example plugins, loaded through the plugin host
 //! from the cdylibs the workspace builds.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +9,7 @@ use distkv_engine::StorageEngine;
 
 /// Loads `package`'s library with options `{"data_dir": dir}`, as the node does.
 fn load(package: &str, dir: &Path) -> Arc<dyn StorageEngine> {
-    let library = common::plugin_library(package);
+    let library = distkv_tests::plugin_library(package);
     let options = serde_json::json!({ "data_dir": dir }).to_string();
     match PluginEngine::load(&library, &options) {
         Ok(engine) => Arc::new(engine),

@@ -1,8 +1,6 @@
 //! The plugin host refuses every kind of bad plugin with one line naming the file and the
 //! problem, and turns a panic inside a plugin into an error.
 
-mod common;
-
 use std::path::Path;
 
 use distkv_backends::{PluginEngine, PluginError};
@@ -52,7 +50,7 @@ fn file_that_is_not_a_shared_library_is_refused() {
 
 #[test]
 fn library_without_plugin_symbols_is_not_a_plugin() {
-    let path = common::plugin_library("distkv-test-plugin-not-a-plugin");
+    let path = distkv_tests::plugin_library("distkv-test-plugin-not-a-plugin");
     let e = load_error(&path, "{}");
     assert!(matches!(e, PluginError::NotAPlugin { .. }), "{e:?}");
     assert!(e.to_string().contains("not a DistKV storage plugin"), "{e}");
@@ -60,7 +58,7 @@ fn library_without_plugin_symbols_is_not_a_plugin() {
 
 #[test]
 fn missing_entry_symbol_is_named() {
-    let path = common::plugin_library("distkv-test-plugin-missing-entry");
+    let path = distkv_tests::plugin_library("distkv-test-plugin-missing-entry");
     let e = load_error(&path, "{}");
     assert!(
         matches!(
@@ -80,7 +78,7 @@ fn missing_entry_symbol_is_named() {
 
 #[test]
 fn abi_version_mismatch_names_both_versions() {
-    let path = common::plugin_library("distkv-test-plugin-abi-mismatch");
+    let path = distkv_tests::plugin_library("distkv-test-plugin-abi-mismatch");
     let e = load_error(&path, "{}");
     let (found, expected) = (
         distkv_plugin_api::ABI_VERSION + 1,
@@ -101,7 +99,7 @@ fn abi_version_mismatch_names_both_versions() {
 
 #[test]
 fn null_table_entry_is_named() {
-    let path = common::plugin_library("distkv-test-plugin-incomplete-table");
+    let path = distkv_tests::plugin_library("distkv-test-plugin-incomplete-table");
     let e = load_error(&path, "{}");
     assert!(matches!(e, PluginError::InvalidTable { .. }), "{e:?}");
     assert!(e.to_string().contains("entry scan is null"), "{e}");
@@ -109,7 +107,7 @@ fn null_table_entry_is_named() {
 
 #[test]
 fn options_must_be_a_json_object() {
-    let path = common::plugin_library("distkv-example-memory");
+    let path = distkv_tests::plugin_library("distkv-example-memory");
     for bad in ["", "[1, 2]", "{\"unterminated\": ", "\"text\""] {
         let e = load_error(&path, bad);
         assert!(
@@ -125,7 +123,7 @@ fn options_must_be_a_json_object() {
 
 #[test]
 fn error_from_the_plugins_open_is_reported() {
-    let path = common::plugin_library("distkv-example-memory");
+    let path = distkv_tests::plugin_library("distkv-example-memory");
     let e = load_error(&path, r#"{"colour": "blue"}"#);
     assert!(
         matches!(e, PluginError::Open { ref name, .. } if name == "example-memory"),
@@ -140,7 +138,7 @@ fn error_from_the_plugins_open_is_reported() {
 
 #[test]
 fn panic_in_open_becomes_an_open_error() {
-    let path = common::plugin_library("distkv-example-memory");
+    let path = distkv_tests::plugin_library("distkv-example-memory");
     let e = load_error(&path, r#"{"panic_on": "open"}"#);
     assert!(matches!(e, PluginError::Open { .. }), "{e:?}");
     assert!(
@@ -152,7 +150,7 @@ fn panic_in_open_becomes_an_open_error() {
 
 #[test]
 fn panic_in_an_operation_becomes_an_error_and_the_engine_keeps_working() {
-    let path = common::plugin_library("distkv-example-memory");
+    let path = distkv_tests::plugin_library("distkv-example-memory");
     let engine = PluginEngine::load(&path, r#"{"panic_on": "get"}"#).unwrap();
     let mut batch = WriteBatch::new();
     batch.put(b"k".to_vec(), b"v".to_vec());
@@ -179,7 +177,7 @@ fn panic_in_an_operation_becomes_an_error_and_the_engine_keeps_working() {
 
 #[test]
 fn a_loaded_plugin_reports_its_name_and_stats() {
-    let path = common::plugin_library("distkv-example-memory");
+    let path = distkv_tests::plugin_library("distkv-example-memory");
     let engine = PluginEngine::load(&path, r#"{"data_dir": "/unused"}"#).unwrap();
     assert_eq!(engine.name(), "example-memory");
     assert_eq!(engine.path(), path.as_path());
@@ -198,7 +196,7 @@ fn a_loaded_plugin_reports_its_name_and_stats() {
 
 #[test]
 fn a_panic_in_any_operation_is_caught_at_the_boundary() {
-    let path = common::plugin_library("distkv-example-memory");
+    let path = distkv_tests::plugin_library("distkv-example-memory");
     let load = |op: &str| PluginEngine::load(&path, &format!(r#"{{"panic_on": "{op}"}}"#)).unwrap();
     let expect_panic = |op: &str, result: distkv_engine::Result<()>| match result {
         Err(Error::Other(message)) => {

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use distkv_backends::{MemoryEngine, MemoryOptions};
+use distkv_backends::{options_with_data_dir, MemoryEngine, MemoryOptions, PluginEngine};
 use distkv_engine::StorageEngine;
 use distkv_network::{GrpcTransport, Membership, PeerService, StaticMembership, Transport};
 use distkv_proto::v1::key_value_server::KeyValueServer;
@@ -39,10 +39,31 @@ pub fn open_storage(config: &Config) -> Result<(Arc<dyn StorageEngine>, String),
             })?;
             Ok((Arc::new(engine), "memory".to_string()))
         }
-        EngineKind::Plugin => Err(StartupError(
-            "storage.engine = \"plugin\" is not available in this build: use \"memory\""
-                .to_string(),
-        )),
+        EngineKind::Plugin => {
+            let Some(path) = &config.storage.plugin.path else {
+                return Err(StartupError(
+                    "storage.engine = \"plugin\" needs storage.plugin.path".to_string(),
+                ));
+            };
+            let options = serde_json::to_value(&config.storage.plugin.options)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .ok_or_else(|| {
+                    StartupError("storage.plugin.options must be a table of options".to_string())
+                })?;
+            let dir = dir.join("plugin");
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StartupError(format!(
+                    "cannot create the plugin data directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            let json = options_with_data_dir(&options, &dir);
+            let engine =
+                PluginEngine::load(path, &json).map_err(|e| StartupError(e.to_string()))?;
+            let name = format!("plugin:{}", engine.name());
+            Ok((Arc::new(engine), name))
+        }
     }
 }
 

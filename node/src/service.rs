@@ -143,11 +143,7 @@ where
                     state: l.to_string(),
                 })
                 .collect(),
-            storage_engine: if stats.engine.is_empty() {
-                self.storage_engine.clone()
-            } else {
-                stats.engine.clone()
-            },
+            storage_engine: self.storage_engine.clone(),
             storage_stats: stats
                 .values
                 .iter()

@@ -11,6 +11,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+mod artifacts;
+pub use artifacts::plugin_library;
 use distkv_proto::v1::key_value_client::KeyValueClient;
 use distkv_proto::v1::StatusRequest;
 use tonic::transport::Channel;

@@ -14,8 +14,15 @@ use tonic::transport::Channel;
 type History = BTreeMap<String, String>;
 
 fn start_cluster(dir: &std::path::Path) -> anyhow::Result<Vec<Server>> {
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let seeds = addrs.iter().enumerate().map(|(i, a)| format!("n{i}={a}")).collect::<Vec<_>>().join(",");
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let seeds = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("n{i}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
     addrs
         .iter()
         .enumerate()
@@ -33,14 +40,32 @@ fn start_cluster(dir: &std::path::Path) -> anyhow::Result<Vec<Server>> {
                 "--write-quorum",
                 "2",
             ];
-            Server::start_at(addr, &dir.join(&id), &args, &[("DISTKV_REPLICATION__REQUEST_TIMEOUT", "2s")])
+            Server::start_at(
+                addr,
+                &dir.join(&id),
+                &args,
+                &[("DISTKV_REPLICATION__REQUEST_TIMEOUT", "2s")],
+            )
         })
         .collect()
 }
 
-async fn write(c: &mut KeyValueClient<Channel>, key: &str, value: &str, level: Consistency, history: &mut History) -> anyhow::Result<()> {
+async fn write(
+    c: &mut KeyValueClient<Channel>,
+    key: &str,
+    value: &str,
+    level: Consistency,
+    history: &mut History,
+) -> anyhow::Result<()> {
     // Read first and write with the context: the new value replaces the old one.
-    let ctx = c.get(GetRequest { key: key.as_bytes().to_vec().into(), consistency: level as i32 }).await?.into_inner().context;
+    let ctx = c
+        .get(GetRequest {
+            key: key.as_bytes().to_vec().into(),
+            consistency: level as i32,
+        })
+        .await?
+        .into_inner()
+        .context;
     c.put(PutRequest {
         key: key.as_bytes().to_vec().into(),
         value: value.as_bytes().to_vec().into(),
@@ -52,18 +77,45 @@ async fn write(c: &mut KeyValueClient<Channel>, key: &str, value: &str, level: C
     Ok(())
 }
 
-async fn check(c: &mut KeyValueClient<Channel>, history: &History, level: Consistency, when: &str) -> anyhow::Result<()> {
+async fn check(
+    c: &mut KeyValueClient<Channel>,
+    history: &History,
+    level: Consistency,
+    when: &str,
+) -> anyhow::Result<()> {
     for (key, expected) in history {
-        let r = c.get(GetRequest { key: key.as_bytes().to_vec().into(), consistency: level as i32 }).await?.into_inner();
-        let values: Vec<String> = r.values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
-        anyhow::ensure!(values == vec![expected.clone()], "{when}: {key} should be {expected:?}, read {values:?}");
+        let r = c
+            .get(GetRequest {
+                key: key.as_bytes().to_vec().into(),
+                consistency: level as i32,
+            })
+            .await?
+            .into_inner();
+        let values: Vec<String> = r
+            .values
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        anyhow::ensure!(
+            values == vec![expected.clone()],
+            "{when}: {key} should be {expected:?}, read {values:?}"
+        );
     }
     Ok(())
 }
 
 async fn hints_pending(addr: &str) -> anyhow::Result<u64> {
-    let s = connect(addr).await?.status(StatusRequest {}).await?.into_inner();
-    Ok(s.storage_stats.iter().find(|s| s.name == "hints.pending").map(|s| s.value.parse()).transpose()?.unwrap_or(0))
+    let s = connect(addr)
+        .await?
+        .status(StatusRequest {})
+        .await?
+        .into_inner();
+    Ok(s.storage_stats
+        .iter()
+        .find(|s| s.name == "hints.pending")
+        .map(|s| s.value.parse())
+        .transpose()?
+        .unwrap_or(0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,9 +130,22 @@ async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Res
         clients.push(connect(&n.addr).await?);
     }
     for i in 0..2000 {
-        write(&mut clients[i % 3], &format!("key-{i:04}"), &format!("v1-{i}"), Consistency::Quorum, &mut history).await?;
+        write(
+            &mut clients[i % 3],
+            &format!("key-{i:04}"),
+            &format!("v1-{i}"),
+            Consistency::Quorum,
+            &mut history,
+        )
+        .await?;
     }
-    check(&mut clients[1], &history, Consistency::Quorum, "before the kill").await?;
+    check(
+        &mut clients[1],
+        &history,
+        Consistency::Quorum,
+        "before the kill",
+    )
+    .await?;
 
     // Kill n2. Every key is still readable at QUORUM through a survivor.
     tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
@@ -89,12 +154,32 @@ async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Res
 
     // 500 new keys and 200 overwrites while n2 is down.
     for i in 2000..2500 {
-        write(&mut clients[i % 2], &format!("key-{i:04}"), &format!("v1-{i}"), Consistency::Quorum, &mut history).await?;
+        write(
+            &mut clients[i % 2],
+            &format!("key-{i:04}"),
+            &format!("v1-{i}"),
+            Consistency::Quorum,
+            &mut history,
+        )
+        .await?;
     }
     for i in (0..2000).step_by(10) {
-        write(&mut clients[i % 2], &format!("key-{i:04}"), &format!("v2-{i}"), Consistency::Quorum, &mut history).await?;
+        write(
+            &mut clients[i % 2],
+            &format!("key-{i:04}"),
+            &format!("v2-{i}"),
+            Consistency::Quorum,
+            &mut history,
+        )
+        .await?;
     }
-    check(&mut survivor, &history, Consistency::Quorum, "after the outage writes").await?;
+    check(
+        &mut survivor,
+        &history,
+        Consistency::Quorum,
+        "after the outage writes",
+    )
+    .await?;
     let held = hints_pending(&nodes[0].addr).await? + hints_pending(&nodes[1].addr).await?;
     assert!(held >= 700, "the survivors hold hints for n2 ({held})");
 
@@ -106,7 +191,10 @@ async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Res
         if pending == 0 {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "{pending} hints still pending 60 s after n2 came back");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{pending} hints still pending 60 s after n2 came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

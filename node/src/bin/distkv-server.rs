@@ -94,7 +94,6 @@ fn main() -> ExitCode {
     match runtime.block_on(distkv_node::server::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "node stopped");
             eprintln!("distkv-server: {e}");
             ExitCode::FAILURE
         }

@@ -1,4 +1,4 @@
-//! Locating the plugin libraries that tests load.
+//! Locating the workspace's build artifacts that tests load or run: plugin libraries.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
