@@ -5,10 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use distkv_proto::v1::key_value_client::KeyValueClient;
 use distkv_proto::v1::{Consistency, GetRequest, PutRequest, StatusRequest};
 use distkv_tests::{connect, free_port, Server};
-use tonic::transport::Channel;
 
 /// What the cluster acknowledged: the latest acknowledged value of each key.
 type History = BTreeMap<String, String>;
@@ -50,56 +48,90 @@ fn start_cluster(dir: &std::path::Path) -> anyhow::Result<Vec<Server>> {
         .collect()
 }
 
-async fn write(
-    c: &mut KeyValueClient<Channel>,
-    key: &str,
-    value: &str,
+/// Writes `value_prefix-i` to `key-i` for every i in `keys`, each a read followed by a
+/// write with that read's context (so the new value replaces the old), from 8 concurrent
+/// clients spread over `addrs`. Returns what was acknowledged.
+async fn write_all(
+    addrs: &[String],
+    keys: Vec<usize>,
+    value_prefix: &str,
     level: Consistency,
-    history: &mut History,
-) -> anyhow::Result<()> {
-    // Read first and write with the context: the new value replaces the old one.
-    let ctx = c
-        .get(GetRequest {
-            key: key.as_bytes().to_vec().into(),
-            consistency: level as i32,
-        })
-        .await?
-        .into_inner()
-        .context;
-    c.put(PutRequest {
-        key: key.as_bytes().to_vec().into(),
-        value: value.as_bytes().to_vec().into(),
-        context: ctx,
-        consistency: level as i32,
-    })
-    .await?;
-    history.insert(key.to_string(), value.to_string());
-    Ok(())
+) -> anyhow::Result<History> {
+    let mut tasks = Vec::new();
+    for (t, chunk) in keys.chunks(keys.len().div_ceil(8)).enumerate() {
+        let addr = addrs[t % addrs.len()].clone();
+        let chunk = chunk.to_vec();
+        let prefix = value_prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&addr).await?;
+            let mut acked = History::new();
+            for i in chunk {
+                let key = format!("key-{i:04}");
+                let value = format!("{prefix}-{i}");
+                let get = GetRequest {
+                    key: key.clone().into_bytes().into(),
+                    consistency: level as i32,
+                };
+                let ctx = c.get(get).await?.into_inner().context;
+                c.put(PutRequest {
+                    key: key.clone().into_bytes().into(),
+                    value: value.clone().into_bytes().into(),
+                    context: ctx,
+                    consistency: level as i32,
+                })
+                .await?;
+                acked.insert(key, value);
+            }
+            Ok::<_, anyhow::Error>(acked)
+        }));
+    }
+    let mut history = History::new();
+    for t in tasks {
+        history.extend(t.await??);
+    }
+    Ok(history)
 }
 
+/// Reads every key of `history` at `level` through `addr` (8 concurrent clients) and
+/// checks each returns exactly its last acknowledged value.
 async fn check(
-    c: &mut KeyValueClient<Channel>,
+    addr: &str,
     history: &History,
     level: Consistency,
     when: &str,
 ) -> anyhow::Result<()> {
-    for (key, expected) in history {
-        let r = c
-            .get(GetRequest {
-                key: key.as_bytes().to_vec().into(),
-                consistency: level as i32,
-            })
-            .await?
-            .into_inner();
-        let values: Vec<String> = r
-            .values
-            .iter()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .collect();
-        anyhow::ensure!(
-            values == vec![expected.clone()],
-            "{when}: {key} should be {expected:?}, read {values:?}"
-        );
+    let entries: Vec<(String, String)> = history
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut tasks = Vec::new();
+    for chunk in entries.chunks(entries.len().div_ceil(8)) {
+        let chunk = chunk.to_vec();
+        let addr = addr.to_string();
+        let when = when.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&addr).await?;
+            for (key, expected) in chunk {
+                let get = GetRequest {
+                    key: key.clone().into_bytes().into(),
+                    consistency: level as i32,
+                };
+                let r = c.get(get).await?.into_inner();
+                let values: Vec<String> = r
+                    .values
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                anyhow::ensure!(
+                    values == vec![expected.clone()],
+                    "{when}: {key} should be {expected:?}, read {values:?}"
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
     }
     Ok(())
 }
@@ -122,59 +154,30 @@ async fn hints_pending(addr: &str) -> anyhow::Result<u64> {
 async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut nodes = tokio::task::block_in_place(|| start_cluster(dir.path()))?;
-    let mut history = History::new();
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
 
     // 2,000 keys at QUORUM, spread over the three coordinators.
-    let mut clients = Vec::new();
-    for n in &nodes {
-        clients.push(connect(&n.addr).await?);
-    }
-    for i in 0..2000 {
-        write(
-            &mut clients[i % 3],
-            &format!("key-{i:04}"),
-            &format!("v1-{i}"),
-            Consistency::Quorum,
-            &mut history,
-        )
-        .await?;
-    }
-    check(
-        &mut clients[1],
-        &history,
-        Consistency::Quorum,
-        "before the kill",
-    )
-    .await?;
+    let mut history = write_all(&addrs, (0..2000).collect(), "v1", Consistency::Quorum).await?;
+    check(&addrs[1], &history, Consistency::Quorum, "before the kill").await?;
 
     // Kill n2. Every key is still readable at QUORUM through a survivor.
     tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
-    let mut survivor = connect(&nodes[0].addr).await?;
-    check(&mut survivor, &history, Consistency::Quorum, "with n2 down").await?;
+    check(&addrs[0], &history, Consistency::Quorum, "with n2 down").await?;
 
-    // 500 new keys and 200 overwrites while n2 is down.
-    for i in 2000..2500 {
-        write(
-            &mut clients[i % 2],
-            &format!("key-{i:04}"),
-            &format!("v1-{i}"),
+    // 500 new keys and 200 overwrites while n2 is down, through the survivors.
+    let survivors = &addrs[..2];
+    history.extend(write_all(survivors, (2000..2500).collect(), "v1", Consistency::Quorum).await?);
+    history.extend(
+        write_all(
+            survivors,
+            (0..2000).step_by(10).collect(),
+            "v2",
             Consistency::Quorum,
-            &mut history,
         )
-        .await?;
-    }
-    for i in (0..2000).step_by(10) {
-        write(
-            &mut clients[i % 2],
-            &format!("key-{i:04}"),
-            &format!("v2-{i}"),
-            Consistency::Quorum,
-            &mut history,
-        )
-        .await?;
-    }
+        .await?,
+    );
     check(
-        &mut survivor,
+        &addrs[0],
         &history,
         Consistency::Quorum,
         "after the outage writes",
@@ -203,8 +206,7 @@ async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Res
         let status = tokio::task::block_in_place(|| n.signal("TERM"))?;
         assert!(status.success(), "graceful stop exits 0");
     }
-    let mut alone = connect(&nodes[2].addr).await?;
     assert_eq!(history.len(), 2500);
-    check(&mut alone, &history, Consistency::One, "n2 alone").await?;
+    check(&addrs[2], &history, Consistency::One, "n2 alone").await?;
     Ok(())
 }

@@ -225,3 +225,30 @@ fn the_readme_config_example_loads() -> anyhow::Result<()> {
     assert_eq!(printed["storage"]["engine"].as_str(), Some("memory"));
     Ok(())
 }
+
+/// `log.format = "json"` makes every log line a JSON object with structured fields.
+#[test]
+fn json_logs_are_one_object_per_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start_with_env(
+        &dir.path().join("n1"),
+        &[],
+        &[("DISTKV_LOG__FORMAT", "json")],
+    )?;
+    server.signal("TERM")?;
+    let log = server.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "start and stop are logged: {log}");
+    let mut saw_listening = false;
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{e}: {line}"))?;
+        if v["fields"]["message"] == "distkv node listening" {
+            saw_listening = true;
+            assert_eq!(v["fields"]["address"], server.addr.as_str());
+            assert_eq!(v["level"], "INFO");
+        }
+    }
+    assert!(saw_listening, "{log}");
+    Ok(())
+}
