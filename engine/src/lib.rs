@@ -27,9 +27,11 @@
 
 #![deny(missing_docs)]
 
+mod lsm;
 mod types;
 
-pub use types::{Error, KeyRange, Result, StatValue, EngineStats, WriteBatch, WriteOp};
+pub use lsm::{CompactionStrategy, Lsm, LsmOptions, SyncPolicy};
+pub use types::{EngineStats, Error, KeyRange, Result, StatValue, WriteBatch, WriteOp};
 
 /// An ordered, durable byte-key store on one node. See the [crate docs](crate) for the
 /// full contract. Object-safe: `Arc<dyn StorageEngine>` is the usual handle.

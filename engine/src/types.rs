@@ -54,7 +54,10 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 
@@ -88,7 +91,12 @@ impl fmt::Debug for WriteOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WriteOp::Put { key, value } => {
-                write!(f, "Put({} key bytes, {} value bytes)", key.len(), value.len())
+                write!(
+                    f,
+                    "Put({} key bytes, {} value bytes)",
+                    key.len(),
+                    value.len()
+                )
             }
             WriteOp::Delete { key } => write!(f, "Delete({} key bytes)", key.len()),
         }
@@ -109,7 +117,10 @@ impl WriteBatch {
 
     /// Adds a put.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
-        self.ops.push(WriteOp::Put { key: key.into(), value: value.into() });
+        self.ops.push(WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        });
         self
     }
 
@@ -169,12 +180,18 @@ pub struct KeyRange {
 impl KeyRange {
     /// Every key.
     pub fn all() -> Self {
-        KeyRange { start: Bound::Unbounded, end: Bound::Unbounded }
+        KeyRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
     }
 
     /// Keys in `[start, end)`.
     pub fn between(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
-        KeyRange { start: Bound::Included(start.into()), end: Bound::Excluded(end.into()) }
+        KeyRange {
+            start: Bound::Included(start.into()),
+            end: Bound::Excluded(end.into()),
+        }
     }
 
     /// Keys starting with `prefix`.
@@ -185,15 +202,24 @@ impl KeyRange {
         while let Some(last) = end.pop() {
             if last < 0xFF {
                 end.push(last + 1);
-                return KeyRange { start, end: Bound::Excluded(end) };
+                return KeyRange {
+                    start,
+                    end: Bound::Excluded(end),
+                };
             }
         }
-        KeyRange { start, end: Bound::Unbounded }
+        KeyRange {
+            start,
+            end: Bound::Unbounded,
+        }
     }
 
     /// The same range, restarted just after `key` (to page through a scan).
     pub fn after(&self, key: &[u8]) -> Self {
-        KeyRange { start: Bound::Excluded(key.to_vec()), end: self.end.clone() }
+        KeyRange {
+            start: Bound::Excluded(key.to_vec()),
+            end: self.end.clone(),
+        }
     }
 
     /// True when `key` lies in the range.
@@ -282,7 +308,10 @@ pub struct EngineStats {
 impl EngineStats {
     /// Stats of the engine called `engine`, with no values yet.
     pub fn new(engine: impl Into<String>) -> Self {
-        EngineStats { engine: engine.into(), values: BTreeMap::new() }
+        EngineStats {
+            engine: engine.into(),
+            values: BTreeMap::new(),
+        }
     }
 
     /// Sets one value.
