@@ -30,6 +30,15 @@
 mod lsm;
 mod types;
 
+/// Hooks for the engine's own integration tests; not part of the API.
+#[doc(hidden)]
+pub mod test_hooks {
+    /// See `lsm::memtable::scan_then_overwrite`.
+    pub fn memtable_scan_then_overwrite(n: usize) {
+        crate::lsm::memtable_scan_then_overwrite(n)
+    }
+}
+
 pub use lsm::{CompactionStrategy, Lsm, LsmOptions, SyncPolicy};
 pub use types::{EngineStats, Error, KeyRange, Result, StatValue, WriteBatch, WriteOp};
 

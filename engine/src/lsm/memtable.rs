@@ -110,6 +110,35 @@ impl MemTable {
     }
 }
 
+/// Test hook behind [`crate::test_hooks`]: fills a memtable with `n` entries, iterates
+/// it completely, overwrites every entry in place (same key and sequence number, which
+/// unlinks the visited node), and drops it. A node whose reference count an iteration
+/// leaked is never freed; the leak test counts heap bytes around this call.
+pub(crate) fn scan_then_overwrite(n: usize) {
+    let m = Arc::new(MemTable::new(0));
+    for i in 0..n {
+        m.insert(
+            format!("key{i:08}").into_bytes(),
+            i as u64 + 1,
+            Value::Put(vec![1; 100]),
+        );
+    }
+    let mut it = MemIter::new(m.clone(), Bound::Unbounded);
+    let mut seen = 0;
+    while let Ok(Some(_)) = it.next_entry() {
+        seen += 1;
+    }
+    assert_eq!(seen, n);
+    drop(it);
+    for i in 0..n {
+        m.insert(
+            format!("key{i:08}").into_bytes(),
+            i as u64 + 1,
+            Value::Put(vec![2; 100]),
+        );
+    }
+}
+
 /// Iterates a memtable from a start key in chunks, so that it holds no borrow of the
 /// skip list between calls and can own its `Arc<MemTable>`.
 pub(crate) struct MemIter {

@@ -26,6 +26,8 @@ mod write;
 
 pub use options::{CompactionStrategy, LsmOptions, SyncPolicy};
 
+pub(crate) use memtable::scan_then_overwrite as memtable_scan_then_overwrite;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
