@@ -306,3 +306,87 @@ fn unreferenced_files_are_deleted_at_open() {
     check_all(&db, 500, 0, |_| false);
     assert!(!files_with(dir.path(), "sst").is_empty());
 }
+
+fn stat(db: &Lsm, name: &str) -> u64 {
+    match db.stats().get(name) {
+        Some(distkv_engine::StatValue::U64(v)) => *v,
+        other => panic!("stat {name}: {other:?}"),
+    }
+}
+
+#[test]
+fn tombstones_are_dropped_at_the_bottom_only_after_their_ttl() {
+    for (ttl, expect_dropped) in [(0, true), (3600, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LsmOptions {
+            tombstone_ttl_secs: ttl,
+            ..small(CompactionStrategy::Simple)
+        };
+        let db = Lsm::open(dir.path(), opts).unwrap();
+        fill(&db, 500, 0);
+        db.flush_memtable().unwrap();
+        delete_every_third(&db, 500);
+        for _ in 0..3 {
+            db.flush_memtable().unwrap();
+            put(&db, 0, 0);
+        }
+        db.flush_memtable().unwrap();
+        db.compact().unwrap();
+        check_all(&db, 500, 0, |i| i % 3 == 0 && i != 0);
+        assert_eq!(
+            stat(&db, "tombstones.dropped") > 0,
+            expect_dropped,
+            "ttl {ttl}"
+        );
+    }
+}
+
+#[test]
+fn writers_stall_instead_of_growing_memory_when_flushes_fall_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LsmOptions {
+        memtable_size_bytes: 8 << 10,
+        max_immutable_memtables: 1,
+        l0_slowdown_files: 2,
+        l0_stop_files: 3,
+        l0_compaction_files: 2,
+        ..small(CompactionStrategy::Leveled)
+    };
+    let db = Lsm::open(dir.path(), opts).unwrap();
+    let mut peak = 0;
+    for i in 0..4000 {
+        put(&db, i, 0);
+        peak = peak.max(stat(&db, "memtable.bytes"));
+    }
+    // One active and one frozen memtable, each at most one write over its size.
+    assert!(
+        peak <= 2 * ((8 << 10) + 1024),
+        "memtables grew to {peak} bytes"
+    );
+    assert!(stat(&db, "level.0.files") <= 3);
+    check_all(&db, 4000, 0, |_| false);
+}
+
+#[test]
+fn every_sync_policy_recovers_acknowledged_writes_after_reopen() {
+    for sync in [
+        SyncPolicy::Always,
+        SyncPolicy::Batch,
+        SyncPolicy::Interval,
+        SyncPolicy::Never,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LsmOptions {
+            sync,
+            sync_interval_ms: 5,
+            ..small(CompactionStrategy::Leveled)
+        };
+        {
+            let db = Lsm::open(dir.path(), opts.clone()).unwrap();
+            fill(&db, 300, 0);
+            db.flush().unwrap();
+        }
+        let db = Lsm::open(dir.path(), opts).unwrap();
+        check_all(&db, 300, 0, |_| false);
+    }
+}

@@ -387,6 +387,11 @@ impl Inner {
             .set("block_cache.hit_rate", self.cache.hit_rate())
             .set("block_cache.bytes", self.cache.bytes())
             .set("bloom.negatives", load(&c.bloom_negatives))
+            .set(
+                "bloom.bytes",
+                sv.tables.values().map(|t| t.bloom_bytes).sum::<u64>(),
+            )
+            .set("table_probes", load(&c.table_probes))
             .set("memtable.bytes", mem_bytes as u64)
             .set("memtable.immutable", sv.imms.len() as u64)
             .set("sequence", self.visible_seq.load(Ordering::Relaxed))
@@ -423,7 +428,8 @@ impl StorageEngine for Lsm {
     /// `level.N.files`, `level.N.bytes`, `write_amplification` ((flushed + compacted) /
     /// flushed), `read_amplification` (tables probed past the Bloom filter per get),
     /// `space_amplification` (SSTable bytes / bytes of the deepest non-empty level),
-    /// `block_cache.hit_rate`, `bloom.negatives`, `memtable.bytes`, and a few more.
+    /// `block_cache.hit_rate`, `bloom.negatives` (tables skipped thanks to the filter),
+    /// `table_probes`, `bloom.bytes`, `memtable.bytes`, and a few more.
     fn stats(&self) -> EngineStats {
         self.inner.stats()
     }

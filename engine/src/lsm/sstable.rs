@@ -217,6 +217,8 @@ pub(crate) struct Table {
     mmap: Mmap,
     index: Vec<IndexEntry>,
     bloom: Bloom<[u8]>,
+    /// Size of the serialised Bloom filter, for statistics.
+    pub bloom_bytes: u64,
 }
 
 impl Table {
@@ -261,6 +263,7 @@ impl Table {
             ));
         }
         let bloom_raw = read_block(&path, &mmap, bloom_off, bloom_len)?;
+        let bloom_bytes = bloom_raw.len() as u64;
         let bloom = Bloom::from_bytes(bloom_raw).map_err(|e| corrupt(bloom_off as usize, e))?;
         let index_raw = read_block(&path, &mmap, index_off, index_len)?;
         let mut c = Cursor::new(&index_raw);
@@ -285,6 +288,7 @@ impl Table {
             mmap,
             index,
             bloom,
+            bloom_bytes,
         })
     }
 
