@@ -83,7 +83,9 @@ impl EntryIter for MergeIter {
 pub(crate) struct NewestVersions<I> {
     inner: I,
     snapshot: u64,
-    last_key: Option<Vec<u8>>,
+    /// Key of the last entry returned (reused buffer); meaningful when `has_last`.
+    last_key: Vec<u8>,
+    has_last: bool,
 }
 
 impl<I: EntryIter> NewestVersions<I> {
@@ -91,7 +93,8 @@ impl<I: EntryIter> NewestVersions<I> {
         NewestVersions {
             inner,
             snapshot,
-            last_key: None,
+            last_key: Vec::new(),
+            has_last: false,
         }
     }
 }
@@ -99,10 +102,12 @@ impl<I: EntryIter> NewestVersions<I> {
 impl<I: EntryIter> EntryIter for NewestVersions<I> {
     fn next_entry(&mut self) -> Result<Option<Entry>> {
         while let Some(e) = self.inner.next_entry()? {
-            if e.seq > self.snapshot || self.last_key.as_deref() == Some(e.key.as_slice()) {
+            if e.seq > self.snapshot || (self.has_last && self.last_key == e.key) {
                 continue;
             }
-            self.last_key = Some(e.key.clone());
+            self.last_key.clear();
+            self.last_key.extend_from_slice(&e.key);
+            self.has_last = true;
             return Ok(Some(e));
         }
         Ok(None)

@@ -7,6 +7,7 @@
 //! `[bloom off u64][bloom len u64][index off u64][index len u64][version u32][crc u32][magic u64]`.
 //! A table holds at most one version of each key, in key order.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Bound;
@@ -32,6 +33,38 @@ const KIND_ZSTD: u8 = 1;
 const MAX_BLOCK: usize = 64 << 20;
 const BLOOM_SEED: [u8; 32] = *b"distkv-lsm-bloom-seed-0123456789";
 
+thread_local! {
+    /// zstd contexts are costly to create; each thread keeps one of each.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, c)) => c.compress(raw),
+            None => zstd::bulk::compress(raw, level),
+        }
+    })
+}
+
+fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(data, capacity),
+            None => zstd::bulk::decompress(data, capacity),
+        }
+    })
+}
+
 /// Path of SSTable `id` in `dir`.
 pub(crate) fn table_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:06}.sst"))
@@ -55,7 +88,9 @@ pub(crate) struct TableBuilder {
     block_last_key: Vec<u8>,
     index: Vec<u8>,
     index_count: u32,
-    keys: Vec<Vec<u8>>,
+    /// Every key added, concatenated, and where each ends (for the Bloom filter).
+    key_bytes: Vec<u8>,
+    key_ends: Vec<usize>,
     offset: u64,
     smallest: Option<Vec<u8>>,
     min_seq: u64,
@@ -79,7 +114,8 @@ impl TableBuilder {
             block_last_key: Vec::new(),
             index: Vec::new(),
             index_count: 0,
-            keys: Vec::new(),
+            key_bytes: Vec::new(),
+            key_ends: Vec::new(),
             offset: 0,
             smallest: None,
             min_seq: u64::MAX,
@@ -94,7 +130,8 @@ impl TableBuilder {
         codec::encode_entry(&mut self.block, e);
         self.block_last_key.clear();
         self.block_last_key.extend_from_slice(&e.key);
-        self.keys.push(e.key.clone());
+        self.key_bytes.extend_from_slice(&e.key);
+        self.key_ends.push(self.key_bytes.len());
         self.min_seq = self.min_seq.min(e.seq);
         self.max_seq = self.max_seq.max(e.seq);
         if self.block.len() >= self.settings.block_size {
@@ -104,7 +141,7 @@ impl TableBuilder {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.key_ends.is_empty()
     }
 
     /// Bytes written so far plus the open block.
@@ -116,7 +153,7 @@ impl TableBuilder {
         let mut stored = Vec::new();
         let mut kind = KIND_RAW;
         if compress && self.settings.compression_level > 0 {
-            let c = zstd::bulk::compress(raw, self.settings.compression_level)
+            let c = zstd_compress(raw, self.settings.compression_level)
                 .map_err(|e| Error::io(&self.path, e))?;
             if c.len() + 4 < raw.len() {
                 codec::put_u32(&mut stored, raw.len() as u32);
@@ -157,13 +194,15 @@ impl TableBuilder {
     pub fn finish(mut self) -> Result<FileMeta> {
         self.finish_block()?;
         let mut bloom = Bloom::<[u8]>::new_for_fp_rate_with_seed(
-            self.keys.len().max(1),
+            self.key_ends.len().max(1),
             self.settings.bloom_fpr,
             &BLOOM_SEED,
         )
         .map_err(|e| Error::Other(format!("cannot build Bloom filter: {e}")))?;
-        for k in &self.keys {
-            bloom.set(k);
+        let mut start = 0;
+        for &end in &self.key_ends {
+            bloom.set(&self.key_bytes[start..end]);
+            start = end;
         }
         let (bloom_off, bloom_len) = self.write_block(&bloom.to_bytes(), false)?;
         let mut index = Vec::with_capacity(self.index.len() + 4);
@@ -182,7 +221,12 @@ impl TableBuilder {
             .write_all(&footer)
             .map_err(|e| Error::io(&self.path, e))?;
         let size = self.offset + FOOTER_LEN as u64;
-        let entries = self.keys.len() as u64;
+        let entries = self.key_ends.len() as u64;
+        let largest = match self.key_ends.len() {
+            0 => Vec::new(),
+            1 => self.key_bytes.clone(),
+            n => self.key_bytes[self.key_ends[n - 2]..].to_vec(),
+        };
         let file = self
             .out
             .into_inner()
@@ -192,7 +236,7 @@ impl TableBuilder {
             id: self.id,
             size,
             smallest: self.smallest.unwrap_or_default(),
-            largest: self.keys.pop().unwrap_or_default(),
+            largest,
             min_seq: if self.min_seq == u64::MAX {
                 0
             } else {
@@ -438,7 +482,7 @@ fn read_block(path: &Path, mmap: &[u8], offset: u64, len: u64) -> Result<Vec<u8>
             if raw_len > MAX_BLOCK {
                 return Err(corrupt("compressed block claims an absurd size"));
             }
-            zstd::bulk::decompress(&data[4..], raw_len)
+            zstd_decompress(&data[4..], raw_len)
                 .map_err(|_| corrupt("zstd block does not decompress"))
         }
         _ => Err(corrupt("unknown block compression kind")),
