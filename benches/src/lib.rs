@@ -45,6 +45,10 @@ pub trait BenchEngine {
     /// Waits for background flushes and compactions to finish (as far as the engine
     /// lets one know).
     fn settle(&self) -> anyhow::Result<()>;
+    /// A one-line summary of engine internals worth seeing in a benchmark log.
+    fn describe(&self) -> String {
+        String::new()
+    }
     /// Engine-reported read amplification, if it has one.
     fn read_amplification(&self) -> Option<f64> {
         None
@@ -102,6 +106,20 @@ impl BenchEngine for DistkvLsm {
     }
     fn read_amplification(&self) -> Option<f64> {
         Some(self.stat("read_amplification"))
+    }
+    fn describe(&self) -> String {
+        [
+            "write_stalls",
+            "write_slowdowns",
+            "compactions",
+            "level.0.files",
+            "level.1.files",
+            "level.2.files",
+        ]
+        .iter()
+        .map(|n| format!("{n}={}", self.stat(n)))
+        .collect::<Vec<_>>()
+        .join(" ")
     }
 }
 

@@ -190,6 +190,7 @@ fn run_engine(name: &str, a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             .iter()
             .try_for_each(|&i| e.put(&key(2 * i), &value(i, 0)))
     })?;
+    eprintln!("  {label:<12} after fillrandom: {}", e.describe());
     settle(e.as_ref())?;
     row.write_amp = Some((wchar() - w0) as f64 / (n as f64 * ENTRY_BYTES));
     row.space_amp = Some(dir_size(dir.path()) as f64 / (n as f64 * ENTRY_BYTES));

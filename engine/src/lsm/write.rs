@@ -204,8 +204,12 @@ impl Inner {
             return Ok(());
         }
         if l0 < self.opts.l0_stop_files {
+            // The delay grows from 50 µs at the slowdown mark towards 1 ms near the stop
+            // mark, so writes ease off instead of falling off a cliff.
             bump(&self.stats.write_slowdowns, 1);
-            std::thread::sleep(Duration::from_millis(1));
+            let over = (l0 + 1 - self.opts.l0_slowdown_files) as u64;
+            let span = (self.opts.l0_stop_files + 1 - self.opts.l0_slowdown_files) as u64;
+            std::thread::sleep(Duration::from_micros(50 + 950 * over / span));
             return Ok(());
         }
         bump(&self.stats.write_stalls, 1);
