@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p distkv-benches --bin engine-compare -- [--keys N] [--reads N]
 //!     [--csv PATH] [--dir PATH] [--engines leveled,size-tiered,simple,fjall] [--no-sweep]
+//!     [--lsm 'memtable_size_bytes = 33554432' ...]   (LsmOptions fields, TOML syntax)
 //! ```
 //! Keys are 16 bytes, values 100 bytes (half compressible), WAL sync off. Write
 //! amplification is bytes passed to `write(2)` by the process (`wchar` of
@@ -29,6 +30,8 @@ struct Args {
     dir: PathBuf,
     engines: Vec<String>,
     sweep: bool,
+    /// Base options of the DistKV engines (from `--lsm name=value`, TOML syntax).
+    lsm: LsmOptions,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -41,7 +44,9 @@ fn parse_args() -> anyhow::Result<Args> {
             .map(String::from)
             .to_vec(),
         sweep: true,
+        lsm: LsmOptions::default(),
     };
+    let mut lsm_toml = String::new();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -52,9 +57,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => a.dir = val()?.into(),
             "--engines" => a.engines = val()?.split(',').map(String::from).collect(),
             "--no-sweep" => a.sweep = false,
+            "--lsm" => {
+                lsm_toml.push_str(&val()?);
+                lsm_toml.push('\n');
+            }
             other => bail!("unknown argument {other}"),
         }
     }
+    a.lsm = toml::from_str(&lsm_toml).context("--lsm options")?;
     if a.reads == 0 {
         a.reads = a.keys.min(1_000_000);
     }
@@ -144,7 +154,12 @@ fn timed(
     Ok(row)
 }
 
-fn open_engine(name: &str, dir: &Path, bloom_fpr: f64) -> anyhow::Result<Box<dyn BenchEngine>> {
+fn open_engine(
+    name: &str,
+    dir: &Path,
+    base: &LsmOptions,
+    bloom_fpr: f64,
+) -> anyhow::Result<Box<dyn BenchEngine>> {
     let compaction = match name {
         "leveled" => CompactionStrategy::Leveled,
         "size-tiered" => CompactionStrategy::SizeTiered,
@@ -173,14 +188,14 @@ fn run_engine(name: &str, a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     // fillseq, in a fresh directory.
     {
         let dir = tempfile::tempdir_in(&a.dir)?;
-        let e = open_engine(name, dir.path(), 0.01)?;
+        let e = open_engine(name, dir.path(), &a.lsm, 0.01)?;
         let label = e.name();
         rows.push(timed(&label, "fillseq", n, || {
             (0..n).try_for_each(|i| e.put(&key(2 * i), &value(i, 0)))
         })?);
     }
     let dir = tempfile::tempdir_in(&a.dir)?;
-    let e = open_engine(name, dir.path(), 0.01)?;
+    let e = open_engine(name, dir.path(), &a.lsm, 0.01)?;
     let label = e.name();
     let mut order: Vec<u64> = (0..n).collect();
     order.shuffle(&mut rng);
