@@ -171,7 +171,7 @@ fn open_engine(
         compaction,
         sync: SyncPolicy::Never,
         bloom_fpr,
-        ..LsmOptions::default()
+        ..base.clone()
     };
     Ok(Box::new(DistkvLsm::open(
         dir,
@@ -269,7 +269,7 @@ fn bloom_sweep(a: &Args) -> anyhow::Result<Vec<SweepRow>> {
         let opts = LsmOptions {
             sync: SyncPolicy::Never,
             bloom_fpr: fpr,
-            ..LsmOptions::default()
+            ..a.lsm.clone()
         };
         let e = DistkvLsm::open(dir.path(), opts, "lsm-leveled")?;
         let mut order: Vec<u64> = (0..n).collect();
