@@ -269,7 +269,15 @@ pub(crate) fn load(dir: &Path, levels: usize) -> Result<Option<ManifestState>> {
 pub(crate) struct Manifest {
     file: File,
     path: PathBuf,
+    dir: PathBuf,
+    /// The state the log describes, kept to write a fresh snapshot.
+    state: ManifestState,
+    edits_since_snapshot: usize,
 }
+
+/// Edits appended before the log is replaced by a snapshot, bounding its size and the
+/// replay time at open.
+const EDITS_PER_SNAPSHOT: usize = 1000;
 
 impl Manifest {
     /// Atomically replaces the manifest of `dir` by a snapshot of `state`.
@@ -289,17 +297,30 @@ impl Manifest {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Ok(Manifest { file, path })
+        Ok(Manifest {
+            file,
+            path,
+            dir: dir.to_path_buf(),
+            state: state.clone(),
+            edits_since_snapshot: 0,
+        })
     }
 
     /// Appends `edit` and fsyncs it. Only after this returns may the edit take effect.
+    /// Every [`EDITS_PER_SNAPSHOT`] edits the log is atomically replaced by a snapshot.
     pub fn append(&mut self, edit: &Edit) -> Result<()> {
         let mut buf = Vec::new();
         codec::frame_record(&mut buf, &edit.encode());
         self.file
             .write_all(&buf)
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.state.apply(edit);
+        self.edits_since_snapshot += 1;
+        if self.edits_since_snapshot >= EDITS_PER_SNAPSHOT {
+            *self = Manifest::create(&self.dir.clone(), &self.state)?;
+        }
+        Ok(())
     }
 }
 
@@ -353,5 +374,35 @@ mod tests {
         let ids: Vec<_> = loaded.version.levels[1].iter().map(|f| f.id).collect();
         assert_eq!(ids, vec![8, 6]);
         assert!(loaded.version.levels[0].is_empty());
+    }
+
+    #[test]
+    fn the_log_is_replaced_by_a_snapshot_as_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = ManifestState {
+            version: Version::empty(2),
+            log_number: 1,
+            next_file: 2,
+            last_seq: 0,
+        };
+        let mut m = Manifest::create(dir.path(), &st).unwrap();
+        for i in 0..(EDITS_PER_SNAPSHOT as u64 + 10) {
+            let add = Edit {
+                added: vec![(1, meta(100 + i, "a", "b"))],
+                ..Edit::default()
+            };
+            m.append(&add).unwrap();
+            m.append(&Edit {
+                deleted: vec![(1, 100 + i)],
+                last_seq: Some(i),
+                ..Edit::default()
+            })
+            .unwrap();
+        }
+        let size = std::fs::metadata(manifest_path(dir.path())).unwrap().len();
+        assert!(size < 50 * 1024, "manifest kept {size} bytes");
+        let loaded = load(dir.path(), 2).unwrap().unwrap();
+        assert_eq!(loaded.last_seq, EDITS_PER_SNAPSHOT as u64 + 9);
+        assert!(loaded.version.levels[1].is_empty());
     }
 }

@@ -60,7 +60,8 @@ pub struct LsmOptions {
     /// How long a group-commit leader waits for more writers with `sync = "batch"`
     /// (default 200 µs).
     pub batch_window_us: u64,
-    /// Size at which the active memtable is frozen and flushed (default 8 MiB).
+    /// Size at which the active memtable is frozen and flushed (default 32 MiB). Memory
+    /// for memtables is bounded by `(1 + max_immutable_memtables) x` this.
     pub memtable_size_bytes: u64,
     /// Frozen memtables waiting for flush before writers block (default 2).
     pub max_immutable_memtables: usize,
@@ -80,7 +81,9 @@ pub struct LsmOptions {
     pub l0_slowdown_files: usize,
     /// L0 files (with compaction pending) at which writes block (default 36).
     pub l0_stop_files: usize,
-    /// Leveled: target size of L1 (default 64 MiB).
+    /// Leveled: target size of L1 (default 128 MiB: about what `l0_compaction_files`
+    /// flushed memtables hold, so an L0 -> L1 compaction does not rewrite a much larger
+    /// L1 each time).
     pub level1_max_bytes: u64,
     /// Leveled: each level is this many times larger than the previous (default 10).
     pub level_size_ratio: u64,
@@ -110,7 +113,7 @@ impl Default for LsmOptions {
             sync: SyncPolicy::Always,
             sync_interval_ms: 100,
             batch_window_us: 200,
-            memtable_size_bytes: 8 << 20,
+            memtable_size_bytes: 32 << 20,
             max_immutable_memtables: 2,
             block_size_bytes: 4096,
             compression_level: 1,
@@ -120,7 +123,7 @@ impl Default for LsmOptions {
             l0_compaction_files: 4,
             l0_slowdown_files: 20,
             l0_stop_files: 36,
-            level1_max_bytes: 64 << 20,
+            level1_max_bytes: 128 << 20,
             level_size_ratio: 10,
             max_levels: 7,
             min_threshold: 4,
