@@ -28,8 +28,19 @@
 #![deny(missing_docs)]
 
 pub mod conformance;
+mod lsm;
 mod types;
 
+/// Hooks for the engine's own integration tests; not part of the API.
+#[doc(hidden)]
+pub mod test_hooks {
+    /// See `lsm::memtable::scan_then_overwrite`.
+    pub fn memtable_scan_then_overwrite(n: usize) {
+        crate::lsm::memtable_scan_then_overwrite(n)
+    }
+}
+
+pub use lsm::{CompactionStrategy, Lsm, LsmOptions, SyncPolicy};
 pub use types::{EngineStats, Error, KeyRange, Result, StatValue, WriteBatch, WriteOp};
 
 /// An ordered, durable byte-key store on one node. See the [crate docs](crate) for the

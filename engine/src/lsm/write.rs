@@ -1,0 +1,228 @@
+//! The write path: group commit of batches into the WAL and the memtable.
+//!
+//! Writers queue their batch; the first writer that finds no leader becomes the leader,
+//! takes every queued batch, writes them to the WAL with one write (and one fsync when
+//! the sync policy asks for it), applies them to the memtable, publishes their sequence
+//! numbers, and wakes the group. Only the leader rotates the memtable, so a batch always
+//! lands whole in one memtable.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::codec::{unix_now, Value};
+use super::memtable::MemTable;
+use super::wal::{self, WalWriter};
+use super::{bump, Inner, SuperVersion, SyncPolicy};
+use crate::{Error, Result, WriteBatch, WriteOp};
+
+/// Batches waiting for the leader, and the leader's progress.
+#[derive(Default)]
+pub(crate) struct CommitQueue {
+    pending: Vec<(u64, WriteBatch)>,
+    next_ticket: u64,
+    /// Every ticket <= `done` has been processed (tickets start at 1).
+    done: u64,
+    leader: bool,
+    /// Tickets from this one on failed.
+    failed_from: Option<u64>,
+    failure: Option<String>,
+}
+
+const STALL_WAIT: Duration = Duration::from_millis(50);
+
+impl Inner {
+    /// Applies `batch` atomically; returns when it is visible and as durable as the sync
+    /// policy promises.
+    pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.check_writable()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.throttle_for_l0()?;
+        let mut q = self.commit.lock();
+        q.next_ticket += 1;
+        let ticket = q.next_ticket;
+        q.pending.push((ticket, batch));
+        while q.leader && q.done < ticket {
+            self.commit_cv.wait(&mut q);
+        }
+        if q.done >= ticket {
+            return match q.failed_from {
+                Some(f) if ticket >= f => {
+                    Err(Error::Poisoned(q.failure.clone().unwrap_or_default()))
+                }
+                _ => Ok(()),
+            };
+        }
+        q.leader = true;
+        if self.opts.sync == SyncPolicy::Batch && self.opts.batch_window_us > 0 {
+            parking_lot::MutexGuard::unlocked(&mut q, || {
+                std::thread::sleep(Duration::from_micros(self.opts.batch_window_us))
+            });
+        }
+        let group = std::mem::take(&mut q.pending);
+        drop(q);
+        let first = group.first().map_or(ticket, |(t, _)| *t);
+        let last = group.last().map_or(ticket, |(t, _)| *t);
+        let result = self
+            .check_writable()
+            .and_then(|_| self.commit_group(group.into_iter().map(|(_, b)| b).collect()));
+        let mut q = self.commit.lock();
+        if let Err(e) = &result {
+            if !matches!(e, Error::Closed) {
+                self.poison(e);
+            }
+            q.failed_from.get_or_insert(first);
+            q.failure.get_or_insert_with(|| e.to_string());
+        }
+        q.done = last;
+        q.leader = false;
+        self.commit_cv.notify_all();
+        result
+    }
+
+    fn commit_group(&self, batches: Vec<WriteBatch>) -> Result<()> {
+        self.make_room()?;
+        let base = self.last_seq.load(Ordering::Relaxed);
+        let mut framed = Vec::new();
+        let mut seq = base;
+        let mut payload = 0u64;
+        for b in &batches {
+            wal::encode_batch(&mut framed, seq, b.ops());
+            seq += b.len() as u64;
+            payload += b.payload_bytes() as u64;
+        }
+        {
+            let mut w = self.wal.lock();
+            w.append(&framed)?;
+            if matches!(self.opts.sync, SyncPolicy::Always | SyncPolicy::Batch) {
+                w.sync()?;
+            }
+        }
+        let mem = self.current().mem.clone();
+        let now = unix_now();
+        let mut s = base;
+        for b in batches {
+            for op in b.into_ops() {
+                s += 1;
+                match op {
+                    WriteOp::Put { key, value } => mem.insert(key, s, Value::Put(value)),
+                    WriteOp::Delete { key } => {
+                        mem.insert(key, s, Value::Tombstone { deleted_at: now })
+                    }
+                }
+            }
+        }
+        self.last_seq.store(seq, Ordering::Relaxed);
+        self.visible_seq.store(seq, Ordering::Release);
+        bump(&self.stats.writes, seq - base);
+        bump(&self.stats.user_bytes, payload);
+        bump(&self.stats.wal_bytes, framed.len() as u64);
+        Ok(())
+    }
+
+    /// Leader only: freezes a full memtable, waiting for a free immutable slot first.
+    fn make_room(&self) -> Result<()> {
+        if (self.current().mem.approx_bytes() as u64) < self.opts.memtable_size_bytes {
+            return Ok(());
+        }
+        self.rotate()
+    }
+
+    fn rotate(&self) -> Result<()> {
+        let mut g = self.bg.lock();
+        let mut stalled = false;
+        while self.current().imms.len() >= self.opts.max_immutable_memtables {
+            self.check_writable()?;
+            if !stalled {
+                stalled = true;
+                bump(&self.stats.write_stalls, 1);
+            }
+            self.bg_cv.wait_for(&mut g, STALL_WAIT);
+        }
+        drop(g);
+        let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+        let new_wal = WalWriter::create(&self.dir, id)?;
+        {
+            let mut w = self.wal.lock();
+            w.sync()?;
+            *w = new_wal;
+        }
+        {
+            let mut sv = self.sv.write();
+            let mut imms = sv.imms.clone();
+            imms.push(sv.mem.clone());
+            *sv = Arc::new(SuperVersion {
+                mem: Arc::new(MemTable::new(id)),
+                imms,
+                version: sv.version.clone(),
+                tables: sv.tables.clone(),
+            });
+        }
+        self.notify_bg();
+        Ok(())
+    }
+
+    /// Takes the leader role (waiting for the current leader), runs `f`, gives it back.
+    fn as_leader<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut q = self.commit.lock();
+        while q.leader {
+            self.commit_cv.wait(&mut q);
+        }
+        q.leader = true;
+        drop(q);
+        let r = f();
+        let mut q = self.commit.lock();
+        q.leader = false;
+        self.commit_cv.notify_all();
+        r
+    }
+
+    /// Freezes the active memtable if it holds anything.
+    pub(crate) fn force_rotation(&self) -> Result<()> {
+        self.as_leader(|| {
+            self.check_writable()?;
+            if self.current().mem.is_empty() {
+                return Ok(());
+            }
+            self.rotate()
+        })
+    }
+
+    /// Waits for an in-flight group to finish, then fsyncs the WAL (used by close).
+    pub(crate) fn wait_for_leader_then_sync(&self) -> Result<()> {
+        self.as_leader(|| self.wal.lock().sync())
+    }
+
+    /// Delays or blocks a writer while L0 holds too many files that compaction could
+    /// reduce; memory and read cost stay bounded when writes outpace compaction.
+    fn throttle_for_l0(&self) -> Result<()> {
+        let version = self.current().version.clone();
+        let l0 = version.levels.first().map_or(0, Vec::len);
+        if l0 < self.opts.l0_slowdown_files || self.policy.pick(&version).is_none() {
+            return Ok(());
+        }
+        if l0 < self.opts.l0_stop_files {
+            // The delay grows from 50 µs at the slowdown mark towards 1 ms near the stop
+            // mark, so writes ease off instead of falling off a cliff.
+            bump(&self.stats.write_slowdowns, 1);
+            let over = (l0 + 1 - self.opts.l0_slowdown_files) as u64;
+            let span = (self.opts.l0_stop_files + 1 - self.opts.l0_slowdown_files) as u64;
+            std::thread::sleep(Duration::from_micros(50 + 950 * over / span));
+            return Ok(());
+        }
+        bump(&self.stats.write_stalls, 1);
+        let mut g = self.bg.lock();
+        loop {
+            self.check_writable()?;
+            let v = self.current().version.clone();
+            if v.levels.first().map_or(0, Vec::len) < self.opts.l0_stop_files
+                || self.policy.pick(&v).is_none()
+            {
+                return Ok(());
+            }
+            self.bg_cv.wait_for(&mut g, STALL_WAIT);
+        }
+    }
+}
