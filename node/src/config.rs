@@ -167,8 +167,10 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `memory` (durable through its write-ahead log) or `plugin`.
+    /// `lsm` (default), `memory` (durable through its write-ahead log) or `plugin`.
     pub engine: EngineKind,
+    /// Options of the LSM engine.
+    pub lsm: distkv_engine::LsmOptions,
     /// Options of the memory engine.
     pub memory: distkv_backends::MemoryOptions,
     /// The plugin to load when `engine = "plugin"`.
@@ -178,7 +180,8 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            engine: EngineKind::Memory,
+            engine: EngineKind::Lsm,
+            lsm: Default::default(),
             memory: Default::default(),
             plugin: Default::default(),
         }
@@ -189,6 +192,8 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
+    /// The log-structured merge tree of `distkv-engine` (the default).
+    Lsm,
     /// In-memory ordered map with a write-ahead log.
     Memory,
     /// A shared library loaded at start-up.
@@ -548,6 +553,17 @@ impl Config {
                     return Err(bad("storage.plugin.path", &p.display(), "no such file".into()));
                 }
                 Some(_) => {}
+            }
+        }
+        if self.storage.engine == EngineKind::Lsm {
+            if let Err(distkv_engine::Error::InvalidOption { option, reason }) =
+                self.storage.lsm.validate()
+            {
+                let key = format!("storage.lsm.{option}");
+                return Err(ConfigError(format!(
+                    "invalid setting {key} (from {}): {reason}",
+                    loaded.source_of(&key)
+                )));
             }
         }
         check_data_dir(&self.data_dir)

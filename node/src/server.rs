@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distkv_backends::{options_with_data_dir, MemoryEngine, MemoryOptions, PluginEngine};
-use distkv_engine::StorageEngine;
+use distkv_engine::{Lsm, StorageEngine};
 use distkv_network::{GrpcTransport, Membership, PeerService, StaticMembership, Transport};
 use distkv_proto::v1::key_value_server::KeyValueServer;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -29,6 +29,16 @@ pub struct StartupError(pub String);
 pub fn open_storage(config: &Config) -> Result<(Arc<dyn StorageEngine>, String), StartupError> {
     let dir = &config.data_dir;
     match config.storage.engine {
+        EngineKind::Lsm => {
+            let path = dir.join("lsm");
+            let engine = Lsm::open(&path, config.storage.lsm.clone()).map_err(|e| {
+                StartupError(format!(
+                    "cannot open the LSM engine in {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Ok((Arc::new(engine), "lsm".to_string()))
+        }
         EngineKind::Memory => {
             let path = dir.join("memory");
             let engine = MemoryEngine::open(&path, config.storage.memory.clone()).map_err(|e| {

@@ -74,7 +74,7 @@ fn tour_of_the_cli() -> anyhow::Result<()> {
     let o = server.client(&["status"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains(&server.addr), "{}", stdout(&o));
-    assert!(stdout(&o).contains("memory"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("storage   lsm"), "{}", stdout(&o));
     let doc: serde_json::Value =
         serde_json::from_str(stdout(&server.client(&["--json", "status"])).trim())?;
     assert_eq!(doc["members"].as_array().map(Vec::len), Some(1));

@@ -38,9 +38,20 @@ async fn check_keys(addr: &str, from: usize, to: usize) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn data_survives_sigterm_sigint_and_sigkill() -> anyhow::Result<()> {
+async fn data_survives_sigterm_sigint_and_sigkill_on_the_lsm_engine() -> anyhow::Result<()> {
+    survives_restarts("lsm").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_sigterm_sigint_and_sigkill_on_the_memory_engine() -> anyhow::Result<()> {
+    survives_restarts("memory").await
+}
+
+async fn survives_restarts(engine: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut server = tokio::task::block_in_place(|| Server::start(&dir.path().join("n1"), &[]))?;
+    let env = [("DISTKV_STORAGE__ENGINE", engine)];
+    let mut server =
+        tokio::task::block_in_place(|| Server::start_with_env(&dir.path().join("n1"), &[], &env))?;
 
     write_keys(&server.addr, 0, 300).await?;
     let status = tokio::task::block_in_place(|| server.signal("TERM"))?;

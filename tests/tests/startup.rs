@@ -222,7 +222,11 @@ fn the_readme_config_example_loads() -> anyhow::Result<()> {
         printed["replication"]["virtual_nodes"].as_integer(),
         Some(150)
     );
-    assert_eq!(printed["storage"]["engine"].as_str(), Some("memory"));
+    assert_eq!(printed["storage"]["engine"].as_str(), Some("lsm"));
+    assert_eq!(
+        printed["storage"]["lsm"]["compaction"].as_str(),
+        Some("leveled")
+    );
     Ok(())
 }
 
@@ -250,5 +254,44 @@ fn json_logs_are_one_object_per_line() -> anyhow::Result<()> {
         }
     }
     assert!(saw_listening, "{log}");
+    Ok(())
+}
+
+/// The compaction strategy is chosen per deployment and can change on an existing data
+/// directory: data written under one strategy is served under the next.
+#[test]
+fn the_compaction_strategy_can_change_between_restarts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("n1");
+    let mut written = Vec::new();
+    for (round, strategy) in ["leveled", "size-tiered", "simple", "leveled"]
+        .iter()
+        .enumerate()
+    {
+        let env = [
+            ("DISTKV_STORAGE__LSM__COMPACTION", *strategy),
+            ("DISTKV_STORAGE__LSM__MEMTABLE_SIZE_BYTES", "65536"),
+        ];
+        let mut server = Server::start_with_env(&data, &[], &env)?;
+        let mut pairs = Vec::new();
+        for i in 0..200 {
+            pairs.push(format!("r{round}-k{i}"));
+            pairs.push(format!("{strategy}-{i}-{}", "x".repeat(200)));
+        }
+        let args: Vec<&str> = std::iter::once("batch")
+            .chain(pairs.iter().map(String::as_str))
+            .collect();
+        let o = server.client(&args);
+        assert!(o.status.success(), "{strategy}: {}", stderr(&o));
+        written.extend(pairs.chunks(2).map(|p| (p[0].clone(), p[1].clone())));
+        for (k, v) in written.iter().step_by(37) {
+            assert_eq!(
+                stdout(&server.client(&["get", k])),
+                format!("{v}\n"),
+                "{strategy}: {k}"
+            );
+        }
+        assert!(server.signal("TERM")?.success());
+    }
     Ok(())
 }
