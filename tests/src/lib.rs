@@ -67,6 +67,7 @@ pub struct Server {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     log: PathBuf,
+    netns: Option<String>,
 }
 
 impl Server {
@@ -99,6 +100,28 @@ impl Server {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             log: data_dir.with_extension("log"),
+            netns: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// Starts a node inside network namespace `netns` (made by the caller), listening on
+    /// `addr` there. `ip netns exec` execs the server, so signals reach it directly.
+    pub fn start_in_netns(
+        netns: &str,
+        addr: &str,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Result<Server> {
+        let mut server = Server {
+            child: None,
+            addr: addr.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
+            log: data_dir.with_extension("log"),
+            netns: Some(netns.to_string()),
         };
         server.spawn()?;
         Ok(server)
@@ -109,7 +132,14 @@ impl Server {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = Command::new(binary("distkv-server"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("distkv-server"));
+                c
+            }
+            None => Command::new(binary("distkv-server")),
+        };
         cmd.arg("--address")
             .arg(&self.addr)
             .arg("--data-dir")
