@@ -431,3 +431,21 @@ fn readers_never_lose_sight_of_acknowledged_writes_while_flushes_and_compactions
     assert!(stat(&db, "compactions") > 0);
     assert!(checks > 100);
 }
+
+#[test]
+fn close_during_a_long_compaction_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LsmOptions {
+        compaction: CompactionStrategy::Simple,
+        file_threshold: 2,
+        ..small(CompactionStrategy::Simple)
+    };
+    let n = 20_000;
+    {
+        let db = Lsm::open(dir.path(), opts.clone()).unwrap();
+        fill(&db, n, 0);
+        db.close().unwrap();
+    }
+    let db = Lsm::open(dir.path(), opts).unwrap();
+    check_all(&db, n, 0, |_| false);
+}
