@@ -233,7 +233,7 @@ impl Inner {
         let mut merged = 0u64;
         while let Some(e) = it.next_entry()? {
             merged += 1;
-            if merged % 4096 == 0 && self.bg.lock().shutdown {
+            if merged.is_multiple_of(4096) && self.bg.lock().shutdown {
                 // Closing: give up the merge; its inputs stay live, its outputs go.
                 drop(builder.take());
                 for id in &created {
