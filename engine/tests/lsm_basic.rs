@@ -390,3 +390,62 @@ fn every_sync_policy_recovers_acknowledged_writes_after_reopen() {
         check_all(&db, 300, 0, |_| false);
     }
 }
+
+#[test]
+fn readers_never_lose_sight_of_acknowledged_writes_while_flushes_and_compactions_run() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LsmOptions {
+        memtable_size_bytes: 4096,
+        ..small(CompactionStrategy::Leveled)
+    };
+    let db = Arc::new(Lsm::open(dir.path(), opts).unwrap());
+    let acked = Arc::new(AtomicU32::new(0));
+    let n = 3000;
+    let writer = {
+        let (db, acked) = (db.clone(), acked.clone());
+        std::thread::spawn(move || {
+            for i in 1..=n {
+                put(&db, i, 0);
+                acked.store(i, Ordering::Release);
+            }
+        })
+    };
+    let mut checks = 0u32;
+    while acked.load(Ordering::Acquire) < n {
+        let upto = acked.load(Ordering::Acquire);
+        if upto == 0 {
+            continue;
+        }
+        let i = 1 + (checks.wrapping_mul(7919) % upto);
+        assert_eq!(
+            db.get(&key(i)).unwrap(),
+            Some(value(i, 0)),
+            "acknowledged key {i} invisible"
+        );
+        checks += 1;
+    }
+    writer.join().unwrap();
+    assert!(stat(&db, "compactions") > 0);
+    assert!(checks > 100);
+}
+
+#[test]
+fn close_during_a_long_compaction_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LsmOptions {
+        compaction: CompactionStrategy::Simple,
+        file_threshold: 2,
+        ..small(CompactionStrategy::Simple)
+    };
+    let n = 20_000;
+    {
+        let db = Lsm::open(dir.path(), opts.clone()).unwrap();
+        fill(&db, n, 0);
+        db.close().unwrap();
+    }
+    let db = Lsm::open(dir.path(), opts).unwrap();
+    check_all(&db, n, 0, |_| false);
+}

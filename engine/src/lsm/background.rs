@@ -229,7 +229,22 @@ impl Inner {
         let mut outputs: Vec<FileMeta> = Vec::new();
         let mut builder: Option<TableBuilder> = None;
         let mut dropped = 0u64;
+        let mut created = Vec::new();
+        let mut merged = 0u64;
         while let Some(e) = it.next_entry()? {
+            merged += 1;
+            if merged.is_multiple_of(4096) && self.bg.lock().shutdown {
+                // Closing: give up the merge; its inputs stay live, its outputs go.
+                drop(builder.take());
+                for id in &created {
+                    remove_file(&table_path(&self.dir, *id));
+                }
+                tracing::info!(
+                    inputs = task.inputs.len(),
+                    "compaction abandoned: engine closing"
+                );
+                return Ok(());
+            }
             if let Value::Tombstone { deleted_at } = e.value {
                 if now.saturating_sub(deleted_at) >= ttl && !others.iter().any(|f| f.covers(&e.key))
                 {
@@ -241,6 +256,7 @@ impl Inner {
                 Some(b) => b,
                 None => {
                     let id = self.next_file.fetch_add(1, Ordering::Relaxed);
+                    created.push(id);
                     builder.insert(TableBuilder::create(&self.dir, id, self.settings)?)
                 }
             };

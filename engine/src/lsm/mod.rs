@@ -107,7 +107,8 @@ pub(crate) struct Inner {
     stats: Counters,
 }
 
-/// The LSM-tree storage engine. See the [module docs](self) for its design and
+/// The LSM-tree storage engine: a write-ahead log and memtable, SSTables flushed and
+/// compacted in the background, and a manifest of live tables. See
 /// [`LsmOptions`] for its settings. Durability follows [`LsmOptions::sync`].
 pub struct Lsm {
     inner: Arc<Inner>,

@@ -48,6 +48,16 @@ pub enum SyncPolicy {
 /// Options of [`crate::Lsm`]. Every field has a default (see [`LsmOptions::default`]);
 /// unknown fields are refused when deserialising, so a typo in the config is an error.
 /// [`crate::Lsm::open`] validates the values and names the offending option.
+///
+/// In the node's configuration:
+///
+/// ```toml
+/// [storage.lsm]
+/// compaction = "size-tiered"   # "leveled" (default) | "size-tiered" | "simple"
+/// sync = "batch"               # "always" (default) | "batch" | "interval" | "never"
+/// memtable_size_bytes = 67108864
+/// bloom_fpr = 0.005
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LsmOptions {
