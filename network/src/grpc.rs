@@ -2,7 +2,7 @@
 //! and the server side that hands calls to a [`PeerHandler`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -17,20 +17,74 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{NodeInfo, PeerHandler, Transport, TransportError};
 
-/// Calls peers over gRPC. Channels reconnect by themselves (tonic backs off between
-/// attempts); the per-call timeout bounds every call, connection set-up included.
+/// Calls peers over gRPC: one lazily connected, multiplexed channel per peer, which
+/// reconnects by itself. After a peer is found unreachable, calls to it fail at once for
+/// a back-off period (50 ms, doubling per consecutive failure, at most 5 s) instead of
+/// each paying for a connection attempt; the first call after the period tries again.
+/// The per-call timeout bounds every call, connection set-up included.
 #[derive(Default)]
 pub struct GrpcTransport {
     channels: DashMap<String, Channel>,
+    backoff: DashMap<String, Backoff>,
     connect_timeout: Option<Duration>,
 }
+
+/// Consecutive connection failures of one peer and when to try it again.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    failures: u32,
+    retry_at: Instant,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl GrpcTransport {
     /// A transport with no open channel yet.
     pub fn new(connect_timeout: Duration) -> Self {
         GrpcTransport {
             channels: DashMap::new(),
+            backoff: DashMap::new(),
             connect_timeout: Some(connect_timeout),
+        }
+    }
+
+    /// Fails at once while `to` is backing off.
+    fn check_backoff(&self, to: &NodeInfo) -> Result<(), TransportError> {
+        if let Some(b) = self.backoff.get(&to.address) {
+            let now = Instant::now();
+            if now < b.retry_at {
+                return Err(TransportError::Unreachable {
+                    peer: to.address.clone(),
+                    reason: format!(
+                        "backing off after {} failed attempt(s); next try in {} ms",
+                        b.failures,
+                        (b.retry_at - now).as_millis()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the outcome of a call to `to` for the back-off.
+    fn record<T>(&self, to: &NodeInfo, result: &Result<T, TransportError>) {
+        match result {
+            Err(TransportError::Unreachable { .. }) => {
+                let mut entry = self.backoff.entry(to.address.clone()).or_insert(Backoff {
+                    failures: 0,
+                    retry_at: Instant::now(),
+                });
+                entry.failures = entry.failures.saturating_add(1);
+                let delay = BACKOFF_BASE
+                    .saturating_mul(1u32 << (entry.failures - 1).min(16))
+                    .min(BACKOFF_MAX);
+                entry.retry_at = Instant::now() + delay;
+            }
+            Ok(_) => {
+                self.backoff.remove(&to.address);
+            }
+            Err(_) => {}
         }
     }
 
@@ -80,6 +134,12 @@ fn classify(peer: &NodeInfo, timeout: Duration, status: Status) -> TransportErro
 
 macro_rules! call_peer {
     ($self:ident, $to:ident, $timeout:ident, $method:ident, $req:ident) => {{
+        $self.check_backoff($to)?;
+        let result = call_peer!(@call $self, $to, $timeout, $method, $req);
+        $self.record($to, &result);
+        result
+    }};
+    (@call $self:ident, $to:ident, $timeout:ident, $method:ident, $req:ident) => {{
         let mut client = $self.client($to)?;
         let mut request = Request::new($req);
         request.set_timeout($timeout);
@@ -168,5 +228,64 @@ impl<H: PeerHandler> Peer for PeerService<H> {
             .await
             .map(Response::new)
             .map_err(Status::internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_peer_is_backed_off_then_retried() {
+        // A port nothing listens on: bind, note it, release it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let peer = NodeInfo {
+            id: "p".into(),
+            address: format!("127.0.0.1:{port}"),
+        };
+        let t = GrpcTransport::new(Duration::from_secs(1));
+        let ping = || PingRequest {
+            from_node: "me".into(),
+        };
+        let first = t
+            .ping(&peer, ping(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(first, TransportError::Unreachable { .. }),
+            "{first}"
+        );
+        assert!(!first.to_string().contains("backing off"), "{first}");
+        let second = t
+            .ping(&peer, ping(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            second
+                .to_string()
+                .contains("backing off after 1 failed attempt"),
+            "{second}"
+        );
+        tokio::time::sleep(BACKOFF_BASE + Duration::from_millis(20)).await;
+        let third = t
+            .ping(&peer, ping(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            !third.to_string().contains("backing off"),
+            "the period ended, so it tried again: {third}"
+        );
+        let fourth = t
+            .ping(&peer, ping(), Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            fourth.to_string().contains("after 2 failed attempt"),
+            "{fourth}"
+        );
     }
 }

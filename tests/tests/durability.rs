@@ -79,7 +79,7 @@ async fn a_kill_during_concurrent_writes_loses_no_acknowledged_write() -> anyhow
     let mut server = tokio::task::block_in_place(|| Server::start(&dir.path().join("n1"), &[]))?;
     let addr = server.addr.clone();
     // Four writers record what the server acknowledged until the connection breaks.
-    let acked = std::sync::Arc::new(parking_lot_free::Acked::default());
+    let acked = std::sync::Arc::new(acked::Acked::default());
     let mut writers = Vec::new();
     for w in 0..4 {
         let addr = addr.clone();
@@ -137,7 +137,7 @@ async fn a_kill_during_concurrent_writes_loses_no_acknowledged_write() -> anyhow
     Ok(())
 }
 
-mod parking_lot_free {
+mod acked {
     use std::sync::Mutex;
 
     /// Keys whose writes were acknowledged.
