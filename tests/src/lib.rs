@@ -295,6 +295,35 @@ pub async fn connect(addr: &str) -> Result<KeyValueClient<Channel>> {
         .max_encoding_message_size(usize::MAX))
 }
 
+/// The number of hints the node at `addr` holds for other nodes (from its Status).
+pub async fn hints_pending(addr: &str) -> Result<u64> {
+    let s = connect(addr)
+        .await?
+        .status(StatusRequest {})
+        .await?
+        .into_inner();
+    let stat = s.storage_stats.iter().find(|s| s.name == "hints.pending");
+    Ok(stat.map(|s| s.value.parse()).transpose()?.unwrap_or(0))
+}
+
+/// Waits until no node of `addrs` holds a hint, or fails after `timeout`.
+pub async fn wait_for_no_hints(addrs: &[String], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut pending = 0;
+        for a in addrs {
+            pending += hints_pending(a).await?;
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{pending} hints still pending after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs `distkv-server` with `args` and waits for it to exit (for start-up errors and
 /// `--print-config`).
 pub fn server_output(args: &[&str], envs: &[(&str, &str)], cwd: &Path) -> Output {

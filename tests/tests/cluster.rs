@@ -3,10 +3,10 @@
 //! serves every acknowledged write on its own.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use distkv_proto::v1::{Consistency, GetRequest, PutRequest, StatusRequest};
-use distkv_tests::{connect, free_port, Server};
+use distkv_proto::v1::{Consistency, GetRequest, PutRequest};
+use distkv_tests::{connect, free_port, hints_pending, wait_for_no_hints, Server};
 
 /// What the cluster acknowledged: the latest acknowledged value of each key.
 type History = BTreeMap<String, String>;
@@ -136,20 +136,6 @@ async fn check(
     Ok(())
 }
 
-async fn hints_pending(addr: &str) -> anyhow::Result<u64> {
-    let s = connect(addr)
-        .await?
-        .status(StatusRequest {})
-        .await?
-        .into_inner();
-    Ok(s.storage_stats
-        .iter()
-        .find(|s| s.name == "hints.pending")
-        .map(|s| s.value.parse())
-        .transpose()?
-        .unwrap_or(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -183,23 +169,12 @@ async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Res
         "after the outage writes",
     )
     .await?;
-    let held = hints_pending(&nodes[0].addr).await? + hints_pending(&nodes[1].addr).await?;
+    let held = hints_pending(&addrs[0]).await? + hints_pending(&addrs[1]).await?;
     assert!(held >= 700, "the survivors hold hints for n2 ({held})");
 
     // n2 comes back; the survivors hand it their hints.
     tokio::task::block_in_place(|| nodes[2].restart())?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let pending = hints_pending(&nodes[0].addr).await? + hints_pending(&nodes[1].addr).await?;
-        if pending == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{pending} hints still pending 60 s after n2 came back"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_no_hints(&addrs[..2], Duration::from_secs(60)).await?;
 
     // Stop the other two; n2 alone serves all 2,500 keys at ONE, none stale.
     for n in nodes.iter_mut().take(2) {

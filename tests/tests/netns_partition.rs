@@ -4,10 +4,10 @@
 //! by blackhole routes between the nodes, so clients still reach each side.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use distkv_proto::v1::{Consistency, GetRequest, PutRequest, StatusRequest};
-use distkv_tests::{connect, Server};
+use distkv_proto::v1::{Consistency, GetRequest, PutRequest};
+use distkv_tests::{connect, wait_for_no_hints, Server};
 
 /// The namespaces, bridge and links of the test; removed on drop.
 struct Net {
@@ -154,20 +154,6 @@ async fn get(addr: &str, key: &str, level: Consistency) -> Result<Vec<Vec<u8>>, 
         .collect())
 }
 
-async fn pending_hints(addr: &str) -> anyhow::Result<u64> {
-    let s = connect(addr)
-        .await?
-        .status(StatusRequest {})
-        .await?
-        .into_inner();
-    Ok(s.storage_stats
-        .iter()
-        .find(|s| s.name == "hints.pending")
-        .map(|s| s.value.parse())
-        .transpose()?
-        .unwrap_or(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_node_catches_up_after_the_partition_heals() -> anyhow::Result<()> {
     let Some(net) = Net::create(3) else {
@@ -244,21 +230,7 @@ async fn a_partitioned_node_catches_up_after_the_partition_heals() -> anyhow::Re
         .is_ok());
 
     net.isolate(2, false)?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let mut pending = 0;
-        for a in &addrs {
-            pending += pending_hints(a).await?;
-        }
-        if pending == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{pending} hints still pending 90 s after the heal"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_no_hints(&addrs, Duration::from_secs(90)).await?;
     // Both sides' writes are everywhere: read each key at ONE from the other side.
     for i in 0..100 {
         assert_eq!(

@@ -236,6 +236,15 @@ fn out(bytes: &[u8]) -> Result<(), Failure> {
         })
 }
 
+/// After a put or delete: nothing, or with `--json` the new context.
+fn print_write_context(json: bool, context: &[u8]) -> Result<u8, Failure> {
+    if json {
+        let doc = serde_json::json!({ "context": B64.encode(context) });
+        out(format!("{doc}\n").as_bytes())?;
+    }
+    Ok(0)
+}
+
 async fn run(args: Args) -> Result<u8, Failure> {
     let consistency = level(args.consistency);
     let command = args.command;
@@ -272,14 +281,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                out(format!(
-                    "{}\n",
-                    serde_json::json!({ "context": B64.encode(&resp.context) })
-                )
-                .as_bytes())?;
-            }
-            Ok(0)
+            print_write_context(args.json, &resp.context)
         }
         Command::Get { key } => {
             let resp = client
@@ -329,14 +331,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                out(format!(
-                    "{}\n",
-                    serde_json::json!({ "context": B64.encode(&resp.context) })
-                )
-                .as_bytes())?;
-            }
-            Ok(0)
+            print_write_context(args.json, &resp.context)
         }
         Command::Batch { pairs } => {
             if pairs.len() % 2 != 0 {
