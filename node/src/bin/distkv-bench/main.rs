@@ -45,6 +45,10 @@ const MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 const PRELOAD_BATCH_BYTES: usize = 1024 * 1024;
 /// Entries per preload `BatchPut`, at most.
 const PRELOAD_BATCH_ENTRIES: usize = 100;
+/// Preload batches in flight at once, at most (more only queue up on the nodes).
+const PRELOAD_CONCURRENCY: usize = 16;
+/// Shortest deadline of a preload batch (a batch is up to 100 quorum writes).
+const PRELOAD_MIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -297,7 +301,6 @@ async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Channel>>
             let endpoint = Channel::from_shared(format!("http://{}", target.addr))
                 .map_err(|e| Failure::usage(format!("target {}: {e}", target.name)))?
                 .connect_timeout(args.timeout.min(Duration::from_secs(5)))
-                .timeout(args.timeout)
                 .tcp_nodelay(true);
             let channel = endpoint.connect().await.map_err(|e| {
                 Failure::unreachable(format!(
@@ -313,9 +316,8 @@ async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Channel>>
                     .max_encoding_message_size(usize::MAX),
             );
         }
-        let status = channels[0]
-            .clone()
-            .status(StatusRequest {})
+        let mut first = channels[0].clone();
+        let status = within(args.timeout, first.status(StatusRequest {}))
             .await
             .map_err(|s| {
                 Failure::unreachable(format!(
@@ -324,8 +326,7 @@ async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Channel>>
                     stats::code_name(s.code()),
                     s.message().lines().next().unwrap_or("")
                 ))
-            })?
-            .into_inner();
+            })?;
         eprintln!(
             "distkv-bench: target {} is node {:?} (N={} R={} W={}, {} members, engine {})",
             target.name,
@@ -359,6 +360,8 @@ struct Shared {
     names: KeyNames,
     value_size: usize,
     consistency: i32,
+    /// Deadline of each request.
+    timeout: Duration,
     /// Next insert number (shared by warm-up and measured phases, so keys never repeat).
     next_insert: AtomicU64,
     seed: u64,
@@ -394,11 +397,27 @@ fn random_value(rng: &mut SmallRng, size: usize) -> Bytes {
         .into()
 }
 
-/// Runs one operation; `Ok` carries whether a read found nothing and whether it saw
+/// Awaits a gRPC call for at most `limit`; past it the call is dropped (cancelled) and
+/// reported as `DEADLINE_EXCEEDED`.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => answer.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "client timeout: no answer within {}",
+            humantime::format_duration(limit)
+        ))),
+    }
+}
+
+/// Runs one operation within `limit` per request; `Ok` carries whether a read found nothing and whether it saw
 /// siblings.
 async fn one_op(
     kv: &mut KeyValueClient<Channel>,
     shared: &Shared,
+    limit: Duration,
     op: Op,
     rng: &mut SmallRng,
     value: &Bytes,
@@ -406,42 +425,38 @@ async fn one_op(
     match op {
         Op::Read => {
             let key = shared.names.existing(shared.chooser.next(rng));
-            let r = kv
-                .get(GetRequest {
-                    key: key.into(),
-                    consistency: shared.consistency,
-                })
-                .await?
-                .into_inner();
+            let get = kv.get(GetRequest {
+                key: key.into(),
+                consistency: shared.consistency,
+            });
+            let r = within(limit, get).await?;
             Ok((!r.found, r.values.len() > 1))
         }
         Op::Update => {
             let key: Bytes = shared.names.existing(shared.chooser.next(rng)).into();
-            let r = kv
-                .get(GetRequest {
-                    key: key.clone(),
-                    consistency: shared.consistency,
-                })
-                .await?
-                .into_inner();
-            kv.put(PutRequest {
+            let get = kv.get(GetRequest {
+                key: key.clone(),
+                consistency: shared.consistency,
+            });
+            let r = within(limit, get).await?;
+            let put = kv.put(PutRequest {
                 key,
                 value: value.clone(),
                 context: r.context,
                 consistency: shared.consistency,
-            })
-            .await?;
+            });
+            within(limit, put).await?;
             Ok((false, false))
         }
         Op::Insert => {
             let n = shared.next_insert.fetch_add(1, Ordering::Relaxed);
-            kv.put(PutRequest {
+            let put = kv.put(PutRequest {
                 key: shared.names.inserted(n).into(),
                 value: value.clone(),
                 context: Bytes::new(),
                 consistency: shared.consistency,
-            })
-            .await?;
+            });
+            within(limit, put).await?;
             Ok((false, false))
         }
     }
@@ -464,7 +479,7 @@ async fn client(
     while phase.claim() {
         let op = shared.workload.next_op(&mut rng);
         let start = Instant::now();
-        match one_op(&mut kv, &shared, op, &mut rng, &value).await {
+        match one_op(&mut kv, &shared, shared.timeout, op, &mut rng, &value).await {
             Ok((not_found, siblings)) => {
                 stats.success(op, start.elapsed());
                 stats.not_found += u64::from(not_found);
@@ -559,7 +574,9 @@ async fn preload(
         args.keys
     );
     let mut tasks = Vec::new();
-    for id in 0..args.clients.min(batches as usize) {
+    let limit = args.timeout.max(PRELOAD_MIN_TIMEOUT);
+    let concurrency = args.clients.min(PRELOAD_CONCURRENCY).min(batches as usize);
+    for id in 0..concurrency {
         let per_target = &channels[id % channels.len()];
         let mut kv = per_target[(id / channels.len()) % per_target.len()].clone();
         let (next, written, shared) = (next.clone(), written.clone(), shared.clone());
@@ -582,12 +599,11 @@ async fn preload(
                     })
                     .collect();
                 let n = entries.len() as u64;
-                kv.batch_put(BatchPutRequest {
+                let call = kv.batch_put(BatchPutRequest {
                     entries,
                     consistency: shared.consistency,
-                })
-                .await
-                .map_err(|s| {
+                });
+                within(limit, call).await.map_err(|s| {
                     format!(
                         "preload of keys {}..{} failed: {}",
                         range.start,
@@ -656,6 +672,7 @@ async fn run(config: Config) -> Result<Report, Failure> {
         names: KeyNames::new(&args.key_prefix, seed),
         value_size: args.value_size,
         consistency: args.consistency.wire(),
+        timeout: args.timeout,
         next_insert: AtomicU64::new(0),
         seed,
     });
