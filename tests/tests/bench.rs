@@ -153,3 +153,89 @@ fn unreachable_remote_and_unbounded_runs_are_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("unbounded"), "{}", stderr(&o));
 }
+
+#[test]
+fn three_node_cluster_spreads_clients_over_every_target() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let seeds = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("n{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut servers = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = format!("n{}", i + 1);
+        servers.push(Server::start_at(
+            addr,
+            &dir.path().join(&id),
+            &[
+                "--node-id",
+                &id,
+                "--seed-nodes",
+                &seeds,
+                "--replicas",
+                "3",
+                "--read-quorum",
+                "2",
+                "--write-quorum",
+                "2",
+            ],
+            &[],
+        )?);
+    }
+    let report_path = dir.path().join("report.json");
+    let targets = addrs.join(",");
+    let o = bench(&[
+        "--targets",
+        &targets,
+        "--ops",
+        "600",
+        "--duration",
+        "120s",
+        "--workload",
+        "b",
+        "--preload",
+        "--keys",
+        "200",
+        "--distribution",
+        "uniform",
+        "--consistency",
+        "all",
+        "--clients",
+        "6",
+        "--output",
+        "json",
+        report_path.to_str().expect("utf-8 temp path"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    // Every target was contacted and identified itself.
+    for (i, addr) in addrs.iter().enumerate() {
+        let line = format!(
+            "target {addr} is node \"n{}\" (N=3 R=2 W=2, 3 members",
+            i + 1
+        );
+        assert!(stderr(&o).contains(&line), "{line} in {}", stderr(&o));
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
+    assert_eq!(report["total_ops"], 600, "{report}");
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert_eq!(report["not_found"], 0, "{report}");
+    let reads = check_op(&report, "read");
+    let updates = check_op(&report, "update");
+    assert_eq!(reads + updates, 600);
+    assert!(
+        reads > updates,
+        "95/5 mix: {reads} reads, {updates} updates"
+    );
+    assert_eq!(report["settings"]["consistency"], "all");
+    // The preload (at CONSISTENCY_ALL) is visible through every node, even at ONE.
+    for server in &servers {
+        let got = server.client(&["--consistency", "one", "get", "bench:0000000199"]);
+        assert_eq!(got.status.code(), Some(0), "{}", stderr(&got));
+    }
+    Ok(())
+}

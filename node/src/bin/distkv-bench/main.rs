@@ -150,8 +150,9 @@ enum OutputFormat {
 struct Target {
     /// As given on the command line.
     name: String,
-    /// The checked address actually dialled.
-    addr: SocketAddr,
+    /// Its checked addresses, tried in order until one connects (`localhost` may give
+    /// both `::1` and `127.0.0.1`).
+    addrs: Vec<SocketAddr>,
 }
 
 /// Validated settings.
@@ -249,11 +250,11 @@ fn validate(
         let addrs = resolve(name).map_err(|e| {
             Failure::usage(format!("target {name:?} is not a HOST:PORT address: {e}"))
         })?;
-        let Some(first) = addrs.first() else {
+        if addrs.is_empty() {
             return Err(Failure::usage(format!(
                 "target {name:?} resolves to no address"
             )));
-        };
+        }
         if !args.allow_remote {
             if let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
                 return Err(Failure::usage(format!(
@@ -267,7 +268,7 @@ fn validate(
         }
         targets.push(Target {
             name: name.to_string(),
-            addr: *first,
+            addrs,
         });
     }
     Ok(Config {
@@ -297,19 +298,31 @@ async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Channel>>
     let mut all = Vec::with_capacity(config.targets.len());
     for target in &config.targets {
         let mut channels = Vec::with_capacity(args.connections);
+        // The first connection finds an address that answers; the others reuse it.
+        let mut candidates = target.addrs.clone();
         for _ in 0..args.connections {
-            let endpoint = Channel::from_shared(format!("http://{}", target.addr))
-                .map_err(|e| Failure::usage(format!("target {}: {e}", target.name)))?
-                .connect_timeout(args.timeout.min(Duration::from_secs(5)))
-                .tcp_nodelay(true);
-            let channel = endpoint.connect().await.map_err(|e| {
-                Failure::unreachable(format!(
-                    "cannot connect to target {} ({}): {} (is distkv-server running there?)",
-                    target.name,
-                    target.addr,
-                    root_cause(&e)
-                ))
-            })?;
+            let mut last_error = String::from("no address");
+            let mut connected = None;
+            for (i, addr) in candidates.iter().enumerate() {
+                let endpoint = Channel::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Failure::usage(format!("target {}: {e}", target.name)))?
+                    .connect_timeout(args.timeout.min(Duration::from_secs(5)))
+                    .tcp_nodelay(true);
+                match endpoint.connect().await {
+                    Ok(channel) => {
+                        connected = Some((i, channel));
+                        break;
+                    }
+                    Err(e) => last_error = format!("{addr}: {}", root_cause(&e)),
+                }
+            }
+            let Some((i, channel)) = connected else {
+                return Err(Failure::unreachable(format!(
+                    "cannot connect to target {} ({last_error}) (is distkv-server running there?)",
+                    target.name
+                )));
+            };
+            candidates = vec![candidates[i]];
             channels.push(
                 KeyValueClient::new(channel)
                     .max_decoding_message_size(usize::MAX)
@@ -831,7 +844,7 @@ mod tests {
             literal,
         )
         .unwrap();
-        assert_eq!(c.targets[0].addr, "10.1.2.3:7102".parse().unwrap());
+        assert_eq!(c.targets[0].addrs, ["10.1.2.3:7102".parse().unwrap()]);
     }
 
     #[test]
