@@ -152,6 +152,13 @@ fn unreachable_remote_and_unbounded_runs_are_refused() {
     let o = bench(&["--targets", &dead]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("unbounded"), "{}", stderr(&o));
+
+    // Usage errors from the argument parser are one line too.
+    let o = bench(&["--ops", "10"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--targets"), "{err}");
 }
 
 #[test]

@@ -246,6 +246,21 @@ pub fn validate(
     })
 }
 
+/// Folds clap's multi-line error text into one line: the part before the usage hint,
+/// without the `error: ` prefix, whitespace collapsed.
+pub fn one_line_usage_error(rendered: &str) -> String {
+    let head = rendered
+        .split("\n\nUsage:")
+        .next()
+        .unwrap_or(rendered)
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(rendered);
+    let head = head.trim().strip_prefix("error:").unwrap_or(head).trim();
+    let words: Vec<&str> = head.split_whitespace().collect();
+    format!("{} (see --help)", words.join(" "))
+}
+
 /// Resolves `HOST:PORT` with the system resolver.
 pub fn system_resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
     Ok(name.to_socket_addrs()?.collect())
@@ -339,6 +354,22 @@ mod tests {
         ] {
             assert_eq!(refusal(bad).code, 2, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let e = Args::try_parse_from(["distkv-bench", "--ops", "5"]).expect_err("no --targets");
+        let line = one_line_usage_error(&e.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("the following required arguments"),
+            "{line}"
+        );
+        assert!(line.contains("--targets"), "{line}");
+        let e = Args::try_parse_from(["distkv-bench", "--targets", "x", "--workload", "z"])
+            .expect_err("bad workload");
+        let line = one_line_usage_error(&e.render().to_string());
+        assert!(!line.contains('\n') && line.contains("'z'"), "{line}");
     }
 
     #[test]

@@ -44,9 +44,21 @@ fn write_output(config: &Config, report: &Report) -> Result<(), Failure> {
     })
 }
 
+/// Parses the command line; a usage error becomes one line (`--help` and `--version`
+/// print as usual).
+fn parse_args() -> Result<Args, Failure> {
+    use clap::error::ErrorKind;
+    Args::try_parse().map_err(|e| match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => Failure::usage(cli::one_line_usage_error(&e.render().to_string())),
+    })
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let result = validate(args, system_resolve).and_then(|config| {
+    let result = parse_args().and_then(|args| validate(args, system_resolve));
+    let result = result.and_then(|config| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
