@@ -18,7 +18,7 @@ use distkv_proto::v1::key_value_client::KeyValueClient;
 use distkv_proto::v1::StatusRequest;
 use tonic::transport::Channel;
 
-/// Path of a binary of the workspace (`distkv-server`, `distkv-client`). Under
+/// Path of a binary of the workspace (`distkv-server`, `distkv-client`, `distkv-bench`). Under
 /// `cargo test` the binaries are brought up to date once per test process (a no-op
 /// when `cargo test --workspace` already built them), so a test never runs a stale one.
 pub fn binary(name: &str) -> PathBuf {
@@ -26,7 +26,9 @@ pub fn binary(name: &str) -> PathBuf {
     let dir = target_dir();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").ok();
-        let missing = !dir.join("distkv-server").exists() || !dir.join("distkv-client").exists();
+        let missing = ["distkv-server", "distkv-client", "distkv-bench"]
+            .iter()
+            .any(|b| !dir.join(b).exists());
         if cargo.is_some() || missing {
             let mut cmd = Command::new(cargo.unwrap_or_else(|| "cargo".to_string()));
             cmd.args(["build", "--quiet", "-p", "distkv-node", "--bins"]);
