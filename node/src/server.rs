@@ -11,7 +11,7 @@ use distkv_backends::{options_with_data_dir, MemoryEngine, MemoryOptions, Plugin
 use distkv_engine::{Lsm, StorageEngine};
 use distkv_network::{GrpcTransport, Membership, PeerService, StaticMembership, Transport};
 use distkv_proto::v1::key_value_server::KeyValueServer;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, ConflictMode, EngineKind, ReadRepairMode};
 use crate::hints::HintStore;
@@ -235,9 +235,12 @@ where
         .add_service(kv)
         .add_service(PeerService::server(node.clone()))
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let timeout = config.shutdown_timeout;
     tokio::pin!(server);
     let served = tokio::select! {
