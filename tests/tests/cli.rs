@@ -75,6 +75,18 @@ fn tour_of_the_cli() -> anyhow::Result<()> {
     assert!(o.status.success());
     assert!(stdout(&o).contains(&server.addr), "{}", stdout(&o));
     assert!(stdout(&o).contains("storage   lsm"), "{}", stdout(&o));
+    for stat in [
+        "level.0.files",
+        "write_amplification",
+        "block_cache.hit_rate",
+        "memtable.bytes",
+    ] {
+        assert!(
+            stdout(&o).contains(stat),
+            "status shows the engine's {stat}: {}",
+            stdout(&o)
+        );
+    }
     let doc: serde_json::Value =
         serde_json::from_str(stdout(&server.client(&["--json", "status"])).trim())?;
     assert_eq!(doc["members"].as_array().map(Vec::len), Some(1));

@@ -137,6 +137,77 @@ async fn a_kill_during_concurrent_writes_loses_no_acknowledged_write() -> anyhow
     Ok(())
 }
 
+/// SIGTERM while a large batch is being written: the node finishes the batch, answers it,
+/// exits 0, and serves the whole batch after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_request_finish() -> anyhow::Result<()> {
+    use distkv_proto::v1::{BatchPutRequest, KeyValuePair, StatusRequest};
+    let dir = tempfile::tempdir()?;
+    let mut server = tokio::task::block_in_place(|| Server::start(&dir.path().join("n1"), &[]))?;
+    let writes_so_far = |addr: String| async move {
+        let s = connect(&addr)
+            .await?
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
+        let w = s
+            .storage_stats
+            .iter()
+            .find(|s| s.name == "writes")
+            .map(|s| s.value.parse::<u64>());
+        Ok::<u64, anyhow::Error>(w.transpose()?.unwrap_or(0))
+    };
+    let before = writes_so_far(server.addr.clone()).await?;
+    let entries: Vec<KeyValuePair> = (0..10_000)
+        .map(|i| KeyValuePair {
+            key: format!("batch-{i:05}").into_bytes().into(),
+            value: vec![b'x'; 1024].into(),
+            context: Default::default(),
+        })
+        .collect();
+    let mut c = connect(&server.addr).await?;
+    let batch = tokio::spawn(async move {
+        c.batch_put(BatchPutRequest {
+            entries,
+            consistency: 0,
+        })
+        .await
+    });
+    // Signal once the node has started writing the batch, and before it has answered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while writes_so_far(server.addr.clone()).await? == before {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the batch never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    anyhow::ensure!(
+        !batch.is_finished(),
+        "the batch finished before the signal; make it larger"
+    );
+    let status = tokio::task::block_in_place(|| server.signal("TERM"))?;
+    let answer = batch.await?;
+    assert!(
+        answer.is_ok(),
+        "the in-flight batch was answered: {answer:?}"
+    );
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+    tokio::task::block_in_place(|| server.restart())?;
+    let mut c = connect(&server.addr).await?;
+    for i in (0..10_000).step_by(97).chain([9_999]) {
+        let r = c
+            .get(GetRequest {
+                key: format!("batch-{i:05}").into_bytes().into(),
+                consistency: 0,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(r.values, vec![vec![b'x'; 1024]], "batch-{i:05}");
+    }
+    Ok(())
+}
+
 mod acked {
     use std::sync::Mutex;
 
