@@ -78,6 +78,86 @@ impl WriteBatcher {
     }
 }
 
+/// Reads one batch of keys from a replica; answers in key order (`None`: no record).
+pub type SendReads = Arc<
+    dyn Fn(
+            Vec<Vec<u8>>,
+        ) -> Pin<Box<dyn Future<Output = Result<Vec<Option<Record>>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+struct PendingRead {
+    key: Vec<u8>,
+    done: oneshot::Sender<Result<Option<Record>, String>>,
+}
+
+/// The read queue of one replica: like [`WriteBatcher`], reads queued while a call is in
+/// flight leave together as one call, and each gets its own record back.
+#[derive(Clone)]
+pub struct ReadBatcher {
+    tx: mpsc::UnboundedSender<PendingRead>,
+}
+
+impl ReadBatcher {
+    /// Starts the queue (at most `max_in_flight` calls in flight, `max_keys` keys each).
+    pub fn spawn(max_in_flight: usize, max_keys: usize, send: SendReads) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<PendingRead>();
+        let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut group = vec![first];
+                while group.len() < max_keys {
+                    match rx.try_recv() {
+                        Ok(p) => group.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let fut = send(group.iter().map(|p| p.key.clone()).collect());
+                tokio::spawn(async move {
+                    match fut.await {
+                        Ok(records) if records.len() == group.len() => {
+                            for (p, r) in group.into_iter().zip(records) {
+                                let _ = p.done.send(Ok(r));
+                            }
+                        }
+                        Ok(records) => {
+                            let e = format!(
+                                "replica answered {} records for {} keys",
+                                records.len(),
+                                group.len()
+                            );
+                            for p in group {
+                                let _ = p.done.send(Err(e.clone()));
+                            }
+                        }
+                        Err(e) => {
+                            for p in group {
+                                let _ = p.done.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        ReadBatcher { tx }
+    }
+
+    /// Queues a read of `key` and waits for its record.
+    pub async fn read(&self, key: Vec<u8>) -> Result<Option<Record>, String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(PendingRead { key, done })
+            .map_err(|_| "read queue is closed (node shutting down)".to_string())?;
+        rx.await
+            .map_err(|_| "read queue dropped the read (node shutting down)".to_string())?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +222,37 @@ mod tests {
         assert_eq!(entries_seen.load(Ordering::SeqCst), 101);
         let n = calls.load(Ordering::SeqCst);
         assert!(n < 101, "{n} calls for 101 writes: nothing was coalesced");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_reads_share_a_call_and_each_gets_its_own_record() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let send: SendReads = {
+            let calls = calls.clone();
+            Arc::new(move |keys: Vec<Vec<u8>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    Ok(keys
+                        .iter()
+                        .map(|k| (k[0] % 2 == 0).then(|| entry(u64::from(k[0]))[0].1.clone()))
+                        .collect())
+                })
+            })
+        };
+        let batcher = ReadBatcher::spawn(1, 100, send);
+        let reads: Vec<_> = (0u8..50)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { (i, b.read(vec![i]).await) })
+            })
+            .collect();
+        for r in reads {
+            let (i, got) = r.await.unwrap();
+            let expected = (i % 2 == 0).then(|| entry(u64::from(i))[0].1.clone());
+            assert_eq!(got.unwrap(), expected, "key {i}");
+        }
+        assert!(calls.load(Ordering::SeqCst) <= 50);
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use distkv_proto::v1::{
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use crate::batcher::{Entries, SendBatch, WriteBatcher};
+use crate::batcher::{Entries, ReadBatcher, SendBatch, SendReads, WriteBatcher};
 use crate::error::NodeError;
 use crate::hints::HintStore;
 use crate::ring::Partitioner;
@@ -141,6 +141,7 @@ pub struct Node<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Tra
     started: Instant,
     this: Weak<Self>,
     batchers: DashMap<String, WriteBatcher>,
+    read_batchers: DashMap<String, ReadBatcher>,
     hints: Option<Arc<HintStore>>,
 }
 
@@ -208,6 +209,7 @@ where
             key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             started: Instant::now(),
             batchers: DashMap::new(),
+            read_batchers: DashMap::new(),
             hints,
         })
     }
@@ -545,27 +547,67 @@ where
                 .map_err(|e| e.to_string())?;
             return Ok(records.pop().flatten());
         }
+        self.read_batcher(replica).read(key).await
+    }
+
+    /// The read queue of `replica`, created on first use.
+    fn read_batcher(self: &Arc<Self>, replica: &NodeInfo) -> ReadBatcher {
+        if let Some(b) = self.read_batchers.get(&replica.id) {
+            return b.clone();
+        }
+        let weak = Arc::downgrade(self);
+        let target = replica.clone();
+        let send: SendReads = Arc::new(move |keys: Vec<Vec<u8>>| {
+            let weak = weak.clone();
+            let target = target.clone();
+            Box::pin(async move {
+                let node = weak
+                    .upgrade()
+                    .ok_or_else(|| "node is shutting down".to_string())?;
+                node.read_from_peer(&target, keys).await
+            })
+        });
+        self.read_batchers
+            .entry(replica.id.clone())
+            .or_insert_with(|| ReadBatcher::spawn(1, 1024, send))
+            .clone()
+    }
+
+    /// Reads `keys` from a remote replica in one call.
+    async fn read_from_peer(
+        &self,
+        replica: &NodeInfo,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<Record>>, String> {
+        let n = keys.len();
         let request = PeerReadRequest {
             from_node: self.local.id.clone(),
-            keys: vec![key.into()],
+            keys: keys.into_iter().map(Into::into).collect(),
         };
         let response = self
             .transport
             .read(replica, request, self.settings.request_timeout)
             .await
             .map_err(|e| e.to_string())?;
-        let Some(kr) = response.records.into_iter().next() else {
+        if response.records.len() != n {
             return Err(format!(
-                "replica {} answered a read with no record",
-                replica.id
+                "replica {} answered {} records for {n} keys",
+                replica.id,
+                response.records.len()
             ));
-        };
-        if kr.record.is_empty() {
-            return Ok(None);
         }
-        Record::decode(&kr.record)
-            .map(Some)
-            .map_err(|e| format!("replica {} sent a bad record: {e}", replica.id))
+        response
+            .records
+            .into_iter()
+            .map(|kr| {
+                if kr.record.is_empty() {
+                    return Ok(None);
+                }
+                Record::decode(&kr.record)
+                    .map(Some)
+                    .map_err(|e| format!("replica {} sent a bad record: {e}", replica.id))
+            })
+            .collect()
     }
 
     /// Sends `entries` to every replica at once and waits for `needed` acknowledgements
