@@ -5,9 +5,11 @@
 pub mod batcher;
 pub mod config;
 pub mod error;
+mod handoff;
 pub mod hints;
 pub mod logging;
 pub mod node;
+mod peer;
 pub mod ring;
 pub mod server;
 pub mod service;

@@ -10,14 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use dashmap::DashMap;
 use distkv_engine::{EngineStats, StorageEngine, WriteBatch};
-use distkv_network::{Liveness, Membership, NodeInfo, PeerHandler, Transport, TransportError};
-use distkv_proto::v1::{
-    KeyRecord, PeerReadRequest, PeerReadResponse, PingRequest, PingResponse, ReplicateRequest,
-    ReplicateResponse,
-};
+use distkv_network::{Liveness, Membership, NodeInfo, Transport, TransportError};
+use distkv_proto::v1::{KeyRecord, PeerReadRequest, ReplicateRequest};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
@@ -130,19 +126,19 @@ const KEY_LOCK_STRIPES: usize = 1024;
 
 /// A DistKV node.
 pub struct Node<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
-    local: NodeInfo,
-    storage: Arc<S>,
-    membership: Arc<M>,
-    partitioner: Arc<P>,
-    transport: Arc<T>,
-    settings: NodeSettings,
+    pub(crate) local: NodeInfo,
+    pub(crate) storage: Arc<S>,
+    pub(crate) membership: Arc<M>,
+    pub(crate) partitioner: Arc<P>,
+    pub(crate) transport: Arc<T>,
+    pub(crate) settings: NodeSettings,
     clock: DotClock,
-    key_locks: Vec<Mutex<()>>,
-    started: Instant,
-    this: Weak<Self>,
-    batchers: DashMap<String, WriteBatcher>,
-    read_batchers: DashMap<String, ReadBatcher>,
-    hints: Option<Arc<HintStore>>,
+    pub(crate) key_locks: Vec<Mutex<()>>,
+    pub(crate) started: Instant,
+    pub(crate) this: Weak<Self>,
+    pub(crate) batchers: DashMap<String, WriteBatcher>,
+    pub(crate) read_batchers: DashMap<String, ReadBatcher>,
+    pub(crate) hints: Option<Arc<HintStore>>,
 }
 
 /// Issues write counters for this node: strictly increasing, and at least the current
@@ -710,7 +706,7 @@ where
             .clone()
     }
 
-    async fn send_to_replica(
+    pub(crate) async fn send_to_replica(
         self: &Arc<Self>,
         replica: &NodeInfo,
         entries: Entries,
@@ -733,72 +729,6 @@ where
             .await
             .map(|_| ())
             .map_err(|e: TransportError| e.to_string())
-    }
-
-    /// One round of hinted handoff: for each node this one holds hints for, if it answers
-    /// a ping, send it up to `hint_replay_batch` hints and delete those it acknowledged.
-    /// Returns the number of hints delivered. The server calls this periodically; tests
-    /// call it directly.
-    pub async fn replay_hints_once(self: &Arc<Self>) -> usize {
-        let Some(hints) = self.hints.clone() else {
-            return 0;
-        };
-        let topology = self.membership.topology();
-        let mut delivered = 0;
-        for (target_id, _) in hints.pending() {
-            let Some(target) = topology.node(&target_id).cloned() else {
-                continue;
-            };
-            if self.membership.liveness(&target.id) == Liveness::Dead {
-                continue;
-            }
-            let ping = PingRequest {
-                from_node: self.local.id.clone(),
-            };
-            if self
-                .transport
-                .ping(&target, ping, self.settings.request_timeout)
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            let store = hints.clone();
-            let t = target_id.clone();
-            let limit = self.settings.hint_replay_batch;
-            let batch = match blocking(move || store.take(&t, limit).map_err(NodeError::from)).await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(peer = %target, error = %e, "cannot read hints");
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            let ids: Vec<Vec<u8>> = batch.iter().map(|h| h.id.clone()).collect();
-            let entries: Entries = batch.into_iter().map(|h| (h.key, h.record)).collect();
-            let n = entries.len();
-            match self.send_to_replica(&target, entries).await {
-                Ok(()) => {
-                    let store = hints.clone();
-                    let t = target_id.clone();
-                    if let Err(e) =
-                        blocking(move || store.remove(&t, ids).map_err(NodeError::from)).await
-                    {
-                        tracing::warn!(peer = %target, error = %e, "delivered hints could not be removed; they will be sent again");
-                    } else {
-                        delivered += n;
-                        tracing::info!(peer = %target, hints = n, "hints delivered");
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %target, error = %e, "hint replay failed; will retry")
-                }
-            }
-        }
-        delivered
     }
 
     /// Reads the local record of `key` (for tests and tools).
@@ -824,7 +754,7 @@ where
 
     /// Merges records into local storage (read, merge, write under the keys' locks) and
     /// returns once the engine has made them durable.
-    async fn merge_local(
+    pub(crate) async fn merge_local(
         self: &Arc<Self>,
         entries: Vec<(Vec<u8>, Record)>,
     ) -> Result<(), NodeError> {
@@ -865,7 +795,7 @@ fn stripe_of(key: &[u8]) -> usize {
     (xxhash_rust::xxh3::xxh3_64(key) % KEY_LOCK_STRIPES as u64) as usize
 }
 
-fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Record, NodeError> {
+pub(crate) fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Record, NodeError> {
     Record::decode(bytes).map_err(|e| {
         NodeError::Storage(distkv_engine::Error::Other(format!(
             "stored record of a {}-byte key cannot be decoded ({e}); repair it from a replica",
@@ -887,60 +817,10 @@ fn quorum_error(got: usize, needed: usize, failures: &[String]) -> NodeError {
     }
 }
 
-async fn blocking<R: Send + 'static>(
+pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, NodeError> + Send + 'static,
 ) -> Result<R, NodeError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| NodeError::Unavailable(format!("storage task failed: {e}")))?
-}
-
-#[async_trait]
-impl<S, M, P, T> PeerHandler for Node<S, M, P, T>
-where
-    S: StorageEngine + ?Sized,
-    M: Membership,
-    P: Partitioner,
-    T: Transport,
-{
-    async fn replicate(&self, request: ReplicateRequest) -> Result<ReplicateResponse, String> {
-        let mut entries = Vec::with_capacity(request.records.len());
-        for kr in request.records {
-            let record = Record::decode(&kr.record)
-                .map_err(|e| format!("record from {} refused: {e}", request.from_node))?;
-            entries.push((kr.key.to_vec(), record));
-        }
-        let node = self
-            .this
-            .upgrade()
-            .ok_or_else(|| "node is shutting down".to_string())?;
-        node.merge_local(entries).await.map_err(|e| e.to_string())?;
-        Ok(ReplicateResponse {})
-    }
-
-    async fn read(&self, request: PeerReadRequest) -> Result<PeerReadResponse, String> {
-        // Inline, like local reads (see `read_local`).
-        let records = request
-            .keys
-            .into_iter()
-            .map(|k| {
-                let record = self
-                    .storage
-                    .get(&k)
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_default();
-                Ok(KeyRecord {
-                    key: k,
-                    record: record.into(),
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(PeerReadResponse { records })
-    }
-
-    async fn ping(&self, _request: PingRequest) -> Result<PingResponse, String> {
-        Ok(PingResponse {
-            node_id: self.local.id.clone(),
-        })
-    }
 }
