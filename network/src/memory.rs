@@ -25,6 +25,8 @@ struct Faults {
     cut: HashSet<(String, String)>,
     partition: Option<Vec<HashSet<String>>>,
     delay: HashMap<String, Duration>,
+    /// Per target: drop one call in every `n` (n, calls seen so far).
+    drop_every: HashMap<String, (u64, u64)>,
 }
 
 impl Faults {
@@ -108,6 +110,17 @@ impl InMemoryNetwork {
         self.faults.write().partition = None;
     }
 
+    /// Drops every `n`-th call to node `id` (deterministically: the n-th, 2n-th, ...
+    /// call since this was set); `n = 0` stops dropping.
+    pub fn set_drop_every(&self, id: &str, n: u64) {
+        let mut f = self.faults.write();
+        if n == 0 {
+            f.drop_every.remove(id);
+        } else {
+            f.drop_every.insert(id.to_string(), (n, 0));
+        }
+    }
+
     /// Delays every call to node `id` by `delay` (zero removes the delay).
     pub fn set_delay(&self, id: &str, delay: Duration) {
         let mut f = self.faults.write();
@@ -130,8 +143,15 @@ impl InMemoryNetwork {
         timeout: Duration,
     ) -> Result<Arc<dyn PeerHandler>, TransportError> {
         let (blocked, delay) = {
-            let f = self.faults.read();
-            (f.blocks(from, &to.id), f.delay.get(&to.id).copied())
+            let mut f = self.faults.write();
+            let mut blocked = f.blocks(from, &to.id);
+            if let Some((n, seen)) = f.drop_every.get_mut(&to.id) {
+                *seen += 1;
+                if blocked.is_none() && (*seen).is_multiple_of(*n) {
+                    blocked = Some("message dropped");
+                }
+            }
+            (blocked, f.delay.get(&to.id).copied())
         };
         if let Some(reason) = blocked {
             return Err(TransportError::Unreachable {
@@ -265,6 +285,28 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("read refused"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn every_nth_call_is_dropped() {
+        let net = InMemoryNetwork::new();
+        net.register("b", Arc::new(Echo("b".into())));
+        net.set_drop_every("b", 3);
+        let t = net.transport("a");
+        let mut outcomes = Vec::new();
+        for _ in 0..6 {
+            outcomes.push(
+                t.ping(&info("b"), PingRequest::default(), Duration::from_secs(1))
+                    .await
+                    .is_ok(),
+            );
+        }
+        assert_eq!(outcomes, vec![true, true, false, true, true, false]);
+        net.set_drop_every("b", 0);
+        assert!(t
+            .ping(&info("b"), PingRequest::default(), Duration::from_secs(1))
+            .await
+            .is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -399,3 +399,52 @@ async fn a_key_lives_on_exactly_n_of_five_nodes() {
         assert_eq!(holders, 3, "{key}");
     }
 }
+
+/// With a third of the messages to one replica dropped, every acknowledged write is still
+/// read back, and once hints are replayed every replica holds every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_messages_lose_no_acknowledged_write() {
+    let c = cluster(3, settings(3, 2, 2));
+    c.net.set_drop_every("n2", 3);
+    for i in 0..60 {
+        c.put(
+            i % 3,
+            &format!("k{i}"),
+            &format!("v{i}"),
+            b"",
+            Consistency::Default,
+        )
+        .await
+        .expect("W=2 of 3");
+    }
+    for i in 0..60 {
+        let (values, _) = c
+            .get(i % 3, &format!("k{i}"), Consistency::Quorum)
+            .await
+            .expect("R=2");
+        assert_eq!(values, vec![format!("v{i}")]);
+    }
+    c.net.set_drop_every("n2", 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        c.replay_all().await;
+        let pending: u64 = c
+            .nodes
+            .iter()
+            .flat_map(|n| n.pending_hints())
+            .map(|(_, n)| n)
+            .sum();
+        if pending == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pending} hints left");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for i in 0..60 {
+        assert_eq!(
+            c.local_values(2, &format!("k{i}")).await,
+            vec![format!("v{i}")],
+            "k{i} on n2"
+        );
+    }
+}
