@@ -68,6 +68,21 @@ impl HashRing {
     }
 }
 
+impl HashRing {
+    /// A fingerprint of the whole ring (every token and its owner): two nodes with the
+    /// same fingerprint place every key identically.
+    pub fn fingerprint(&self) -> u64 {
+        let state = self.state.read().clone();
+        let mut bytes = Vec::with_capacity(state.tokens.len() * 16);
+        for &(token, idx) in &state.tokens {
+            bytes.extend_from_slice(&token.to_be_bytes());
+            bytes.extend_from_slice(state.nodes[idx].id.as_bytes());
+            bytes.push(0);
+        }
+        xxh3_64(&bytes)
+    }
+}
+
 impl Partitioner for HashRing {
     fn set_topology(&self, topology: &Topology) {
         let nodes = topology.nodes.clone();

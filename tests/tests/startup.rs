@@ -295,3 +295,51 @@ fn the_compaction_strategy_can_change_between_restarts() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Two processes given the same members (in any order, each seeing itself as a different
+/// node) build the same ring, and that ring is the one every earlier version built.
+#[test]
+fn two_processes_compute_identical_rings() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = server_output(
+        &[
+            "--node-id",
+            "a",
+            "--address",
+            "127.0.0.1:7001",
+            "--seed-nodes",
+            "a=127.0.0.1:7001,b=127.0.0.1:7002,c=127.0.0.1:7003",
+            "--print-ring",
+        ],
+        &[],
+        dir.path(),
+    );
+    let c = server_output(
+        &[
+            "--node-id",
+            "c",
+            "--address",
+            "127.0.0.1:7003",
+            "--seed-nodes",
+            "b=127.0.0.1:7002,a=127.0.0.1:7001",
+            "--print-ring",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        a.status.success() && c.status.success(),
+        "{} {}",
+        stderr(&a),
+        stderr(&c)
+    );
+    assert_eq!(stdout(&a), stdout(&c));
+    assert_eq!(stdout(&a).lines().count(), 4, "{}", stdout(&a));
+    // Placement is shared state: if this changes, every existing cluster's data moves.
+    assert!(
+        stdout(&a).contains("fingerprint 21c37bc168935095"),
+        "{}",
+        stdout(&a)
+    );
+    Ok(())
+}

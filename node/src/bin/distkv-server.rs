@@ -51,6 +51,10 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Print the hash ring this node would build (each member's share of the keys and
+    /// the ring's fingerprint) and exit.
+    #[arg(long)]
+    print_ring: bool,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +84,18 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    if args.print_ring {
+        return match ring_report(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("distkv-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     distkv_node::logging::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,6 +114,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The ring of the configured members, as `--print-ring` shows it.
+fn ring_report(config: &distkv_node::config::Config) -> Result<String, String> {
+    use distkv_network::{Membership, StaticMembership};
+    use distkv_node::ring::{HashRing, Partitioner};
+    let seeds = config.seeds().map_err(|e| e.0)?;
+    let membership =
+        StaticMembership::new(config.local_node(), seeds).map_err(|e| e.to_string())?;
+    let ring = HashRing::with_topology(
+        config.replication.virtual_nodes as usize,
+        &membership.topology(),
+    );
+    let mut out = String::new();
+    for ((id, share), node) in ring
+        .ownership()
+        .into_iter()
+        .zip(membership.topology().nodes)
+    {
+        out.push_str(&format!(
+            "{id:<24} {:<24} {:>7.3}%\n",
+            node.address,
+            share * 100.0
+        ));
+    }
+    out.push_str(&format!("fingerprint {:016x}\n", ring.fingerprint()));
+    Ok(out)
 }
 
 /// Completes on SIGINT or SIGTERM.
