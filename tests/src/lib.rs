@@ -297,6 +297,47 @@ pub async fn connect(addr: &str) -> Result<KeyValueClient<Channel>> {
         .max_encoding_message_size(usize::MAX))
 }
 
+/// The flags that make node `i` of the cluster at `addrs` a member with id `n{i}`, with
+/// N=3, R=2, W=2 and every node of `addrs` as a seed.
+pub fn member_args(addrs: &[String], i: usize) -> Vec<String> {
+    let seeds = addrs
+        .iter()
+        .enumerate()
+        .map(|(j, a)| format!("n{j}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    [
+        "--node-id",
+        &format!("n{i}"),
+        "--seed-nodes",
+        &seeds,
+        "--replicas",
+        "3",
+        "--read-quorum",
+        "2",
+        "--write-quorum",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Starts a three-node cluster (N=3, R=2, W=2) on free loopback ports, node `i` with id
+/// `n{i}` and its data in `dir/n{i}`, each with the extra environment `envs`.
+pub fn start_loopback_cluster(dir: &Path, envs: &[(&str, &str)]) -> Result<Vec<Server>> {
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    (0..3)
+        .map(|i| {
+            let args = member_args(&addrs, i);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Server::start_at(&addrs[i], &dir.join(format!("n{i}")), &args, envs)
+        })
+        .collect()
+}
+
 /// The number of hints the node at `addr` holds for other nodes (from its Status).
 pub async fn hints_pending(addr: &str) -> Result<u64> {
     let s = connect(addr)

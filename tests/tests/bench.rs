@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use distkv_tests::{binary, free_port, stderr, stdout, Server};
+use distkv_tests::{binary, free_port, start_loopback_cluster, stderr, stdout, Server};
 use serde_json::Value;
 
 /// Runs `distkv-bench ARGS...` to completion.
@@ -164,36 +164,8 @@ fn unreachable_remote_and_unbounded_runs_are_refused() {
 #[test]
 fn three_node_cluster_spreads_clients_over_every_target() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let seeds = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("n{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut servers = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        let id = format!("n{}", i + 1);
-        servers.push(Server::start_at(
-            addr,
-            &dir.path().join(&id),
-            &[
-                "--node-id",
-                &id,
-                "--seed-nodes",
-                &seeds,
-                "--replicas",
-                "3",
-                "--read-quorum",
-                "2",
-                "--write-quorum",
-                "2",
-            ],
-            &[],
-        )?);
-    }
+    let servers = start_loopback_cluster(dir.path(), &[])?;
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
     let report_path = dir.path().join("report.json");
     let targets = addrs.join(",");
     let o = bench(&[
@@ -221,10 +193,7 @@ fn three_node_cluster_spreads_clients_over_every_target() -> anyhow::Result<()> 
     assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
     // Every target was contacted and identified itself.
     for (i, addr) in addrs.iter().enumerate() {
-        let line = format!(
-            "target {addr} is node \"n{}\" (N=3 R=2 W=2, 3 members",
-            i + 1
-        );
+        let line = format!("target {addr} is node \"n{i}\" (N=3 R=2 W=2, 3 members");
         assert!(stderr(&o).contains(&line), "{line} in {}", stderr(&o));
     }
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;

@@ -6,47 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use distkv_proto::v1::{Consistency, GetRequest, PutRequest};
-use distkv_tests::{connect, free_port, hints_pending, wait_for_no_hints, Server};
+use distkv_tests::{connect, hints_pending, start_loopback_cluster, wait_for_no_hints};
 
 /// What the cluster acknowledged: the latest acknowledged value of each key.
 type History = BTreeMap<String, String>;
-
-fn start_cluster(dir: &std::path::Path) -> anyhow::Result<Vec<Server>> {
-    let addrs: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let seeds = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("n{i}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    addrs
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            let id = format!("n{i}");
-            let args = [
-                "--node-id",
-                id.as_str(),
-                "--seed-nodes",
-                seeds.as_str(),
-                "--replicas",
-                "3",
-                "--read-quorum",
-                "2",
-                "--write-quorum",
-                "2",
-            ];
-            Server::start_at(
-                addr,
-                &dir.join(&id),
-                &args,
-                &[("DISTKV_REPLICATION__REQUEST_TIMEOUT", "2s")],
-            )
-        })
-        .collect()
-}
 
 /// Writes `value_prefix-i` to `key-i` for every i in `keys`, each a read followed by a
 /// write with that read's context (so the new value replaces the old), from 8 concurrent
@@ -139,7 +102,9 @@ async fn check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut nodes = tokio::task::block_in_place(|| start_cluster(dir.path()))?;
+    let mut nodes = tokio::task::block_in_place(|| {
+        start_loopback_cluster(dir.path(), &[("DISTKV_REPLICATION__REQUEST_TIMEOUT", "2s")])
+    })?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
 
     // 2,000 keys at QUORUM, spread over the three coordinators.
@@ -169,8 +134,20 @@ async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Res
         "after the outage writes",
     )
     .await?;
-    let held = hints_pending(&addrs[0]).await? + hints_pending(&addrs[1]).await?;
-    assert!(held >= 700, "the survivors hold hints for n2 ({held})");
+    // The survivors hold a hint for n2 of each of the 700 writes (stored just after the
+    // client was answered, so wait for the last ones).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = hints_pending(&addrs[0]).await? + hints_pending(&addrs[1]).await?;
+        if held >= 700 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the survivors hold only {held} hints for n2"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // n2 comes back; the survivors hand it their hints.
     tokio::task::block_in_place(|| nodes[2].restart())?;

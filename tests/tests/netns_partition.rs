@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use distkv_proto::v1::{Consistency, GetRequest, PutRequest};
-use distkv_tests::{connect, wait_for_no_hints, Server};
+use distkv_tests::{connect, hints_pending, member_args, wait_for_no_hints, Server};
 
 /// The namespaces, bridge and links of the test; removed on drop.
 struct Net {
@@ -162,27 +162,11 @@ async fn a_partitioned_node_catches_up_after_the_partition_heals() -> anyhow::Re
     };
     let dir = tempfile::tempdir()?;
     let addrs: Vec<String> = (0..3).map(|i| format!("{}:7000", net.addr(i))).collect();
-    let seeds = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("n{i}={a}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let mut servers = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
+        let args = member_args(&addrs, i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = format!("n{i}");
-        let args = [
-            "--node-id",
-            &id,
-            "--seed-nodes",
-            &seeds,
-            "--replicas",
-            "3",
-            "--read-quorum",
-            "2",
-            "--write-quorum",
-            "2",
-        ];
         let ns = net.ns(i);
         let data = dir.path().join(&id);
         let server =
@@ -229,6 +213,23 @@ async fn a_partitioned_node_catches_up_after_the_partition_heals() -> anyhow::Re
         .await
         .is_ok());
 
+    // Hints are stored once a replica's call fails, which through a blackhole takes the
+    // connect timeout: wait for all of them (100 for n2, one each for n0 and n1).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut held = 0;
+        for a in &addrs {
+            held += hints_pending(a).await?;
+        }
+        if held >= 102 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "only {held} of 102 hints stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     net.isolate(2, false)?;
     wait_for_no_hints(&addrs, Duration::from_secs(90)).await?;
     // Both sides' writes are everywhere: read each key at ONE from the other side.
