@@ -11,16 +11,25 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use crossbeam_skiplist::SkipMap;
+use smallvec::SmallVec;
 
 use super::codec::{Entry, Value};
 use super::merge::EntryIter;
 use crate::Result;
 
+/// Keys up to this many bytes are stored inside the skip-list node rather than in a
+/// separate allocation, so comparing against them during a search touches one cache line
+/// fewer per node visited.
+const INLINE_KEY: usize = 24;
+
+/// A user key, inline when short.
+pub(crate) type UserKey = SmallVec<[u8; INLINE_KEY]>;
+
 /// A user key and a sequence number, ordered by key ascending then sequence descending,
 /// so the newest version of a key comes first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct InternalKey {
-    pub user: Vec<u8>,
+    pub user: UserKey,
     pub seq: u64,
 }
 
@@ -67,17 +76,22 @@ impl MemTable {
             };
         self.bytes.fetch_add(size, AtomicOrdering::Relaxed);
         self.max_seq.fetch_max(seq, AtomicOrdering::Relaxed);
-        self.map.insert(InternalKey { user: key, seq }, value);
+        let user = if key.len() <= INLINE_KEY {
+            UserKey::from_slice(&key)
+        } else {
+            UserKey::from_vec(key)
+        };
+        self.map.insert(InternalKey { user, seq }, value);
     }
 
     /// The newest version of `key` with a sequence number <= `snapshot`.
     pub fn get(&self, key: &[u8], snapshot: u64) -> Option<(u64, Value)> {
         let probe = InternalKey {
-            user: key.to_vec(),
+            user: UserKey::from_slice(key),
             seq: snapshot,
         };
         let e = self.map.lower_bound(Bound::Included(&probe))?;
-        (e.key().user == key).then(|| (e.key().seq, e.value().clone()))
+        (e.key().user.as_slice() == key).then(|| (e.key().seq, e.value().clone()))
     }
 
     /// Approximate memory used by the entries.
@@ -101,7 +115,7 @@ impl MemTable {
                 break;
             }
             out.push_back(Entry {
-                key: e.key().user.clone(),
+                key: e.key().user.to_vec(),
                 seq: e.key().seq,
                 value: e.value().clone(),
             });
@@ -171,7 +185,7 @@ impl MemIter {
                 Bound::Unbounded => self.mem.chunk(Bound::Unbounded, CHUNK, &mut self.buf),
                 Bound::Included(k) => {
                     let probe = InternalKey {
-                        user: k.clone(),
+                        user: UserKey::from_slice(k),
                         seq: u64::MAX,
                     };
                     self.mem
@@ -179,7 +193,7 @@ impl MemIter {
                 }
                 Bound::Excluded(k) => {
                     let probe = InternalKey {
-                        user: k.clone(),
+                        user: UserKey::from_slice(k),
                         seq: 0,
                     };
                     self.mem
@@ -192,7 +206,7 @@ impl MemIter {
         match self.buf.back() {
             Some(e) => {
                 self.resume = Some(InternalKey {
-                    user: e.key.clone(),
+                    user: UserKey::from_slice(&e.key),
                     seq: e.seq,
                 })
             }
@@ -231,6 +245,39 @@ mod tests {
     }
 
     #[test]
+    fn inline_and_heap_keys_order_and_compare_alike() {
+        let m = Arc::new(MemTable::new(1));
+        let long = |c: u8| vec![c; INLINE_KEY + 9];
+        m.insert(long(b'b'), 1, put(b"long-b"));
+        m.insert(b"b".to_vec(), 2, put(b"short-b"));
+        m.insert(vec![b'b'; INLINE_KEY], 3, put(b"exactly-inline"));
+        m.insert(long(b'a'), 4, put(b"long-a"));
+        m.insert(long(b'b'), 5, put(b"long-b-new"));
+        assert_eq!(m.get(&long(b'b'), 10), Some((5, put(b"long-b-new"))));
+        assert_eq!(m.get(&long(b'b'), 4), Some((1, put(b"long-b"))));
+        assert_eq!(
+            m.get(&[b'b'; INLINE_KEY], 10),
+            Some((3, put(b"exactly-inline")))
+        );
+        assert_eq!(m.get(b"b", 10), Some((2, put(b"short-b"))));
+        assert_eq!(m.get(&long(b'c'), 10), None);
+        let mut it = MemIter::new(m, Bound::Unbounded);
+        let mut got = Vec::new();
+        while let Some(e) = it.next_entry().unwrap() {
+            got.push((e.key, e.seq));
+        }
+        let mut want = vec![
+            (long(b'a'), 4),
+            (b"b".to_vec(), 2),
+            (vec![b'b'; INLINE_KEY], 3),
+            (long(b'b'), 5),
+            (long(b'b'), 1),
+        ];
+        want.sort_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn iteration_is_ordered_and_honours_start_bounds() {
         let m = Arc::new(MemTable::new(1));
         for i in 0..300u32 {
@@ -242,12 +289,12 @@ mod tests {
         assert_eq!((first.key.as_slice(), first.seq), (&b"0100"[..], 1000));
         let mut n = 1;
         let mut prev = InternalKey {
-            user: first.key,
+            user: first.key.into(),
             seq: first.seq,
         };
         while let Some(e) = it.next_entry().unwrap() {
             let k = InternalKey {
-                user: e.key,
+                user: e.key.into(),
                 seq: e.seq,
             };
             assert!(k > prev);

@@ -103,6 +103,9 @@ pub(crate) struct Inner {
     bg_cv: Condvar,
     cache: Arc<BlockCache>,
     poisoned: Mutex<Option<String>>,
+    /// Set once `poisoned` holds a message, so the write path checks an atomic rather
+    /// than taking the mutex.
+    is_poisoned: AtomicBool,
     closed: AtomicBool,
     stats: Counters,
 }
@@ -263,6 +266,7 @@ impl Lsm {
             bg_cv: Condvar::new(),
             cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
             poisoned: Mutex::new(None),
+            is_poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stats: Counters::default(),
             opts: options,
@@ -315,6 +319,9 @@ impl Inner {
 
     fn check_writable(&self) -> Result<()> {
         self.check_open()?;
+        if !self.is_poisoned.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(msg) = self.poisoned.lock().as_ref() {
             return Err(Error::Poisoned(msg.clone()));
         }
@@ -324,6 +331,7 @@ impl Inner {
     fn poison(&self, e: &Error) {
         tracing::error!(error = %e, "storage engine stops accepting writes after a background failure");
         self.poisoned.lock().get_or_insert_with(|| e.to_string());
+        self.is_poisoned.store(true, Ordering::Release);
         self.notify_bg();
     }
 

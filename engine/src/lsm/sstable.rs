@@ -152,7 +152,7 @@ impl TableBuilder {
     fn write_block(&mut self, raw: &[u8], compress: bool) -> Result<(u64, u64)> {
         let mut stored = Vec::new();
         let mut kind = KIND_RAW;
-        if compress && self.settings.compression_level > 0 {
+        if compress && self.settings.compression_level != 0 {
             let c = zstd_compress(raw, self.settings.compression_level)
                 .map_err(|e| Error::io(&self.path, e))?;
             if c.len() + 4 < raw.len() {
@@ -527,7 +527,7 @@ mod tests {
 
     #[test]
     fn point_reads_iteration_and_bloom_work_with_and_without_compression() {
-        for level in [0, 3] {
+        for level in [0, 3, -1] {
             let dir = tempfile::tempdir().unwrap();
             let meta = build(dir.path(), level, 500);
             assert_eq!(

@@ -34,7 +34,7 @@ const STALL_WAIT: Duration = Duration::from_millis(50);
 impl Inner {
     /// Applies `batch` atomically; returns when it is visible and as durable as the sync
     /// policy promises.
-    pub(crate) fn write(&self, batch: WriteBatch) -> Result<()> {
+    pub(crate) fn write(&self, mut batch: WriteBatch) -> Result<()> {
         self.check_writable()?;
         if batch.is_empty() {
             return Ok(());
@@ -43,6 +43,18 @@ impl Inner {
         let mut q = self.commit.lock();
         q.next_ticket += 1;
         let ticket = q.next_ticket;
+        // Fast path: no leader and nobody queued, so this writer leads a group of one
+        // without queueing its batch or gathering a group (the common case with one
+        // writer). Same steps as a group: WAL write (and fsync per policy) before the
+        // memtable, before returning. Not with a batch window, whose point is to wait.
+        if !q.leader && q.pending.is_empty() && !self.waits_for_group() {
+            q.leader = true;
+            drop(q);
+            let result = self
+                .check_writable()
+                .and_then(|_| self.commit_group(std::slice::from_mut(&mut batch)));
+            return self.finish_group(ticket, ticket, result);
+        }
         q.pending.push((ticket, batch));
         while q.leader && q.done < ticket {
             self.commit_cv.wait(&mut q);
@@ -56,7 +68,7 @@ impl Inner {
             };
         }
         q.leader = true;
-        if self.opts.sync == SyncPolicy::Batch && self.opts.batch_window_us > 0 {
+        if self.waits_for_group() {
             parking_lot::MutexGuard::unlocked(&mut q, || {
                 std::thread::sleep(Duration::from_micros(self.opts.batch_window_us))
             });
@@ -65,9 +77,21 @@ impl Inner {
         drop(q);
         let first = group.first().map_or(ticket, |(t, _)| *t);
         let last = group.last().map_or(ticket, |(t, _)| *t);
+        let mut batches: Vec<WriteBatch> = group.into_iter().map(|(_, b)| b).collect();
         let result = self
             .check_writable()
-            .and_then(|_| self.commit_group(group.into_iter().map(|(_, b)| b).collect()));
+            .and_then(|_| self.commit_group(&mut batches));
+        self.finish_group(first, last, result)
+    }
+
+    /// Whether a leader waits `batch_window_us` for more writers before committing.
+    fn waits_for_group(&self) -> bool {
+        self.opts.sync == SyncPolicy::Batch && self.opts.batch_window_us > 0
+    }
+
+    /// Leader only: records the outcome of the group of tickets `first..=last`, gives up
+    /// the leader role and wakes the waiting writers.
+    fn finish_group(&self, first: u64, last: u64, result: Result<()>) -> Result<()> {
         let mut q = self.commit.lock();
         if let Err(e) = &result {
             if !matches!(e, Error::Closed) {
@@ -82,29 +106,37 @@ impl Inner {
         result
     }
 
-    fn commit_group(&self, batches: Vec<WriteBatch>) -> Result<()> {
-        self.make_room()?;
+    /// Writes `batches` to the WAL with one `write(2)` (and fsyncs it when the policy
+    /// asks), then applies them to the memtable and publishes their sequence numbers.
+    /// The batches are left empty.
+    fn commit_group(&self, batches: &mut [WriteBatch]) -> Result<()> {
+        let mut sv = self.current();
+        if sv.mem.approx_bytes() as u64 >= self.opts.memtable_size_bytes {
+            self.rotate()?;
+            sv = self.current();
+        }
         let base = self.last_seq.load(Ordering::Relaxed);
-        let mut framed = Vec::new();
         let mut seq = base;
         let mut payload = 0u64;
-        for b in &batches {
-            wal::encode_batch(&mut framed, seq, b.ops());
-            seq += b.len() as u64;
-            payload += b.payload_bytes() as u64;
-        }
-        {
+        let wal_bytes = {
             let mut w = self.wal.lock();
-            w.append(&framed)?;
+            let n = w.append_encoded(|buf| {
+                for b in batches.iter() {
+                    wal::encode_batch(buf, seq, b.ops());
+                    seq += b.len() as u64;
+                    payload += b.payload_bytes() as u64;
+                }
+            })?;
             if matches!(self.opts.sync, SyncPolicy::Always | SyncPolicy::Batch) {
                 w.sync()?;
             }
-        }
-        let mem = self.current().mem.clone();
+            n
+        };
+        let mem = &sv.mem;
         let now = unix_now();
         let mut s = base;
         for b in batches {
-            for op in b.into_ops() {
+            for op in std::mem::take(b).into_ops() {
                 s += 1;
                 match op {
                     WriteOp::Put { key, value } => mem.insert(key, s, Value::Put(value)),
@@ -118,18 +150,11 @@ impl Inner {
         self.visible_seq.store(seq, Ordering::Release);
         bump(&self.stats.writes, seq - base);
         bump(&self.stats.user_bytes, payload);
-        bump(&self.stats.wal_bytes, framed.len() as u64);
+        bump(&self.stats.wal_bytes, wal_bytes as u64);
         Ok(())
     }
 
-    /// Leader only: freezes a full memtable, waiting for a free immutable slot first.
-    fn make_room(&self) -> Result<()> {
-        if (self.current().mem.approx_bytes() as u64) < self.opts.memtable_size_bytes {
-            return Ok(());
-        }
-        self.rotate()
-    }
-
+    /// Leader only: freezes the active memtable, waiting for a free immutable slot first.
     fn rotate(&self) -> Result<()> {
         let mut g = self.bg.lock();
         let mut stalled = false;
@@ -198,9 +223,9 @@ impl Inner {
     /// Delays or blocks a writer while L0 holds too many files that compaction could
     /// reduce; memory and read cost stay bounded when writes outpace compaction.
     fn throttle_for_l0(&self) -> Result<()> {
-        let version = self.current().version.clone();
-        let l0 = version.levels.first().map_or(0, Vec::len);
-        if l0 < self.opts.l0_slowdown_files || self.policy.pick(&version).is_none() {
+        let sv = self.current();
+        let l0 = sv.version.levels.first().map_or(0, Vec::len);
+        if l0 < self.opts.l0_slowdown_files || self.policy.pick(&sv.version).is_none() {
             return Ok(());
         }
         if l0 < self.opts.l0_stop_files {
