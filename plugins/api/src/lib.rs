@@ -257,3 +257,9 @@ impl PluginVTable {
         }
     }
 }
+
+/// The plugin example in the top-level README.md, compiled as a doc test so that it
+/// cannot drift from this API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExample;
