@@ -103,6 +103,29 @@ fn settings(config: &Config) -> NodeSettings {
     }
 }
 
+/// Takes the exclusive lock of the data directory (`data_dir/LOCK`), or says which
+/// directory is in use. The lock is released when the returned file is dropped or the
+/// process dies, `kill -9` included.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartupError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartupError(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartupError(format!(
+            "data directory {} is in use by another distkv-server (its LOCK file is held): stop that node or choose another --data-dir",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StartupError(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
 /// Opens the hint store under `data_dir/hints`.
 fn open_hints(config: &Config) -> Result<Option<Arc<HintStore>>, StartupError> {
     if !config.replication.hinted_handoff {
@@ -149,6 +172,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         StartupError(format!("cannot listen on {listen} (setting address): {e}; choose a free port or stop the other process"))
     })?;
+    // Held for the life of the process: a second node on the same data directory would
+    // interleave its writes with ours.
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let (storage, engine_name) = open_storage(&config)?;
     let ring = HashRing::new(config.replication.virtual_nodes as usize);
     let transport =

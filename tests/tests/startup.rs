@@ -343,3 +343,34 @@ fn two_processes_compute_identical_rings() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A second node on a data directory that a running node holds is refused at start-up.
+#[test]
+fn a_data_directory_serves_one_node_at_a_time() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("shared");
+    let mut first = Server::start(&data, &[])?;
+    let port = distkv_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let o = server_output(
+        &[
+            "--address",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("UTF-8"),
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        !o.status.success(),
+        "a second node on the same data directory must not start"
+    );
+    let err = stderr(&o);
+    assert!(err.contains("is in use by another distkv-server"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The lock dies with the process, even with kill -9.
+    first.signal("KILL")?;
+    first.restart()?;
+    Ok(())
+}
