@@ -22,11 +22,12 @@ use crate::{NodeInfo, PeerHandler, Transport, TransportError};
 /// a back-off period (50 ms, doubling per consecutive failure, at most 5 s) instead of
 /// each paying for a connection attempt; the first call after the period tries again.
 /// The per-call timeout bounds every call, connection set-up included.
-#[derive(Default)]
 pub struct GrpcTransport {
     channels: DashMap<String, Channel>,
     backoff: DashMap<String, Backoff>,
     connect_timeout: Option<Duration>,
+    backoff_base: Duration,
+    backoff_max: Duration,
 }
 
 /// Consecutive connection failures of one peer and when to try it again.
@@ -46,7 +47,17 @@ impl GrpcTransport {
             channels: DashMap::new(),
             backoff: DashMap::new(),
             connect_timeout: Some(connect_timeout),
+            backoff_base: BACKOFF_BASE,
+            backoff_max: BACKOFF_MAX,
         }
+    }
+
+    /// The same transport with another back-off: `base` after the first failure,
+    /// doubling per consecutive failure up to `max`.
+    pub fn with_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
     }
 
     /// Fails at once while `to` is backing off.
@@ -76,9 +87,10 @@ impl GrpcTransport {
                     retry_at: Instant::now(),
                 });
                 entry.failures = entry.failures.saturating_add(1);
-                let delay = BACKOFF_BASE
+                let delay = self
+                    .backoff_base
                     .saturating_mul(1u32 << (entry.failures - 1).min(16))
-                    .min(BACKOFF_MAX);
+                    .min(self.backoff_max);
                 entry.retry_at = Instant::now() + delay;
             }
             Ok(_) => {
@@ -247,7 +259,9 @@ mod tests {
             id: "p".into(),
             address: format!("127.0.0.1:{port}"),
         };
-        let t = GrpcTransport::new(Duration::from_secs(1));
+        let base = Duration::from_millis(300);
+        let t =
+            GrpcTransport::new(Duration::from_secs(1)).with_backoff(base, Duration::from_secs(5));
         let ping = || PingRequest {
             from_node: "me".into(),
         };
@@ -270,7 +284,7 @@ mod tests {
                 .contains("backing off after 1 failed attempt"),
             "{second}"
         );
-        tokio::time::sleep(BACKOFF_BASE + Duration::from_millis(20)).await;
+        tokio::time::sleep(base + Duration::from_millis(20)).await;
         let third = t
             .ping(&peer, ping(), Duration::from_secs(2))
             .await
