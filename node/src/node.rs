@@ -548,25 +548,15 @@ where
 
     /// The read queue of `replica`, created on first use.
     fn read_batcher(self: &Arc<Self>, replica: &NodeInfo) -> ReadBatcher {
-        if let Some(b) = self.read_batchers.get(&replica.id) {
-            return b.clone();
-        }
-        let weak = Arc::downgrade(self);
-        let target = replica.clone();
-        let send: SendReads = Arc::new(move |keys: Vec<Vec<u8>>| {
-            let weak = weak.clone();
-            let target = target.clone();
-            Box::pin(async move {
-                let node = weak
-                    .upgrade()
-                    .ok_or_else(|| "node is shutting down".to_string())?;
-                node.read_from_peer(&target, keys).await
-            })
-        });
-        self.read_batchers
-            .entry(replica.id.clone())
-            .or_insert_with(|| ReadBatcher::spawn(1, 1024, send))
-            .clone()
+        queue_for(&self.read_batchers, replica, || {
+            let weak = Arc::downgrade(self);
+            let target = replica.clone();
+            let send: SendReads = Arc::new(move |keys: Vec<Vec<u8>>| {
+                let (weak, target) = (weak.clone(), target.clone());
+                Box::pin(async move { alive(&weak)?.read_from_peer(&target, keys).await })
+            });
+            ReadBatcher::spawn(1, 1024, send)
+        })
     }
 
     /// Reads `keys` from a remote replica in one call.
@@ -685,25 +675,15 @@ where
 
     /// The write queue of `replica`, created on first use.
     fn batcher(self: &Arc<Self>, replica: &NodeInfo) -> WriteBatcher {
-        if let Some(b) = self.batchers.get(&replica.id) {
-            return b.clone();
-        }
-        let weak = Arc::downgrade(self);
-        let target = replica.clone();
-        let send: SendBatch = Arc::new(move |entries: Entries| {
-            let weak = weak.clone();
-            let target = target.clone();
-            Box::pin(async move {
-                let node = weak
-                    .upgrade()
-                    .ok_or_else(|| "node is shutting down".to_string())?;
-                node.send_to_replica(&target, entries).await
-            })
-        });
-        self.batchers
-            .entry(replica.id.clone())
-            .or_insert_with(|| WriteBatcher::spawn(1, 1024, send))
-            .clone()
+        queue_for(&self.batchers, replica, || {
+            let weak = Arc::downgrade(self);
+            let target = replica.clone();
+            let send: SendBatch = Arc::new(move |entries: Entries| {
+                let (weak, target) = (weak.clone(), target.clone());
+                Box::pin(async move { alive(&weak)?.send_to_replica(&target, entries).await })
+            });
+            WriteBatcher::spawn(1, 1024, send)
+        })
     }
 
     pub(crate) async fn send_to_replica(
@@ -789,6 +769,27 @@ where
         self.storage.write(batch)?;
         Ok(())
     }
+}
+
+/// The queue of `replica` in `queues`, started by `spawn` on first use.
+fn queue_for<Q: Clone>(
+    queues: &DashMap<String, Q>,
+    replica: &NodeInfo,
+    spawn: impl FnOnce() -> Q,
+) -> Q {
+    if let Some(q) = queues.get(&replica.id) {
+        return q.clone();
+    }
+    queues
+        .entry(replica.id.clone())
+        .or_insert_with(spawn)
+        .clone()
+}
+
+/// The node behind a queue's weak handle, unless it is gone (shutting down).
+fn alive<N>(weak: &Weak<N>) -> Result<Arc<N>, String> {
+    weak.upgrade()
+        .ok_or_else(|| "node is shutting down".to_string())
 }
 
 fn stripe_of(key: &[u8]) -> usize {
