@@ -106,7 +106,8 @@ impl fmt::Debug for WriteOp {
 /// An ordered list of puts and deletes applied atomically by [`crate::StorageEngine::write`].
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
 pub struct WriteBatch {
-    ops: Vec<WriteOp>,
+    /// One operation is kept inline: a single put costs no allocation for the list.
+    ops: smallvec::SmallVec<[WriteOp; 1]>,
 }
 
 impl WriteBatch {
@@ -137,7 +138,7 @@ impl WriteBatch {
 
     /// Consumes the batch, yielding its operations in order.
     pub fn into_ops(self) -> Vec<WriteOp> {
-        self.ops
+        self.ops.into_vec()
     }
 
     /// Number of operations.
@@ -164,7 +165,17 @@ impl WriteBatch {
 
 impl From<Vec<WriteOp>> for WriteBatch {
     fn from(ops: Vec<WriteOp>) -> Self {
-        WriteBatch { ops }
+        WriteBatch { ops: ops.into() }
+    }
+}
+
+impl IntoIterator for WriteBatch {
+    type Item = WriteOp;
+    type IntoIter = smallvec::IntoIter<[WriteOp; 1]>;
+
+    /// The operations in order, without collecting them into a `Vec`.
+    fn into_iter(self) -> Self::IntoIter {
+        self.ops.into_iter()
     }
 }
 

@@ -35,8 +35,27 @@ pub(crate) struct InternalKey {
 
 impl Ord for InternalKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.user.cmp(&other.user).then(other.seq.cmp(&self.seq))
+        compare_user_keys(&self.user, &other.user).then(other.seq.cmp(&self.seq))
     }
+}
+
+/// Byte-wise key order (the same as `<[u8]>::cmp`), comparing eight bytes at a time as
+/// big-endian integers: most comparisons in a skip-list search are decided in the first
+/// word or two, without a call to `memcmp`.
+#[inline]
+fn compare_user_keys(a: &[u8], b: &[u8]) -> Ordering {
+    let (mut a, mut b) = (a, b);
+    while let (Some((wa, ra)), Some((wb, rb))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        let (x, y) = (u64::from_be_bytes(*wa), u64::from_be_bytes(*wb));
+        if x != y {
+            return x.cmp(&y);
+        }
+        a = ra;
+        b = rb;
+    }
+    a.cmp(b)
 }
 
 impl PartialOrd for InternalKey {
@@ -275,6 +294,24 @@ mod tests {
         ];
         want.sort_by(|x, y| x.0.cmp(&y.0).then(y.1.cmp(&x.1)));
         assert_eq!(got, want);
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time comparison orders keys exactly as byte slices do, for
+        /// every length and for keys that share long prefixes.
+        #[test]
+        fn word_compare_matches_slice_order(
+            prefix in proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+            a in proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+            b in proptest::collection::vec(proptest::num::u8::ANY, 0..20),
+        ) {
+            let a = [prefix.as_slice(), &a].concat();
+            let b = [prefix.as_slice(), &b].concat();
+            proptest::prop_assert_eq!(compare_user_keys(&a, &b), a.cmp(&b));
+            proptest::prop_assert_eq!(compare_user_keys(&b, &a), b.cmp(&a));
+            proptest::prop_assert_eq!(compare_user_keys(&a, &a), Ordering::Equal);
+            proptest::prop_assert_eq!(compare_user_keys(&a, &prefix), a.as_slice().cmp(&prefix));
+        }
     }
 
     #[test]

@@ -133,15 +133,18 @@ impl Inner {
             n
         };
         let mem = &sv.mem;
-        let now = unix_now();
+        // The deletion time of tombstones, read from the clock once per group and only
+        // when the group deletes something.
+        let mut now = None;
         let mut s = base;
         for b in batches {
-            for op in std::mem::take(b).into_ops() {
+            for op in std::mem::take(b) {
                 s += 1;
                 match op {
                     WriteOp::Put { key, value } => mem.insert(key, s, Value::Put(value)),
                     WriteOp::Delete { key } => {
-                        mem.insert(key, s, Value::Tombstone { deleted_at: now })
+                        let deleted_at = *now.get_or_insert_with(unix_now);
+                        mem.insert(key, s, Value::Tombstone { deleted_at })
                     }
                 }
             }
