@@ -14,8 +14,8 @@ use dashmap::DashMap;
 use distkv_engine::{EngineStats, StorageEngine, WriteBatch};
 use distkv_network::{Liveness, Membership, NodeInfo, Transport, TransportError};
 use distkv_proto::v1::{KeyRecord, PeerReadRequest, ReplicateRequest};
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 
 use crate::batcher::{Entries, ReadBatcher, SendBatch, SendReads, WriteBatcher};
 use crate::error::NodeError;
@@ -428,34 +428,33 @@ where
         self.check_key(&key)?;
         let replicas = self.preference_list(&key);
         let needed = self.required(consistency, self.settings.read_quorum, replicas.len())?;
-        let (tx, mut rx) =
-            mpsc::channel::<(NodeInfo, Result<Option<Record>, String>)>(replicas.len().max(1));
-        for replica in replicas.iter().cloned() {
-            let node = self.clone();
-            let tx = tx.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                let result = node.read_replica(&replica, key).await;
-                let _ = tx.send((replica, result)).await;
-            });
-        }
-        drop(tx);
-        let deadline = tokio::time::sleep(self.settings.request_timeout);
-        tokio::pin!(deadline);
+        // The replica reads are polled right here rather than spawned: the local read
+        // answers on the first poll, and the remote ones wait in their replica's queue.
+        // Only what is still outstanding at the quorum moves to a task (for repair).
+        let mut pending: FuturesUnordered<_> = replicas
+            .iter()
+            .cloned()
+            .map(|replica| self.clone().read_replica_owned(replica, key.clone()))
+            .collect();
         let mut answers: Vec<(NodeInfo, Option<Record>)> = Vec::with_capacity(replicas.len());
         let mut failures = Vec::new();
-        while answers.len() < needed {
-            tokio::select! {
-                msg = rx.recv() => match msg {
+        let collect = async {
+            while answers.len() < needed {
+                match pending.next().await {
                     Some((replica, Ok(record))) => answers.push((replica, record)),
                     Some((replica, Err(e))) => failures.push(format!("{}: {e}", replica.id)),
                     None => break,
-                },
-                _ = &mut deadline => {
-                    failures.push(format!("deadline of {:?} passed", self.settings.request_timeout));
-                    break;
                 }
             }
+        };
+        if tokio::time::timeout(self.settings.request_timeout, collect)
+            .await
+            .is_err()
+        {
+            failures.push(format!(
+                "deadline of {:?} passed",
+                self.settings.request_timeout
+            ));
         }
         if answers.len() < needed {
             return Err(quorum_error(answers.len(), needed, &failures));
@@ -472,29 +471,30 @@ where
             ReadRepair::Blocking => {
                 self.repair(&key, &merged, &answers).await;
             }
+            ReadRepair::Background if pending.is_empty() => {
+                if answers.iter().any(|(_, r)| r.as_ref() != Some(&merged)) {
+                    let node = self.clone();
+                    let merged = merged.clone();
+                    tokio::spawn(async move { node.repair(&key, &merged, &answers).await });
+                }
+            }
             ReadRepair::Background => {
                 let node = self.clone();
                 let merged = merged.clone();
                 tokio::spawn(async move {
                     let mut merged = merged;
                     // Wait for the replicas that had not answered yet, then repair all.
-                    let late_deadline = tokio::time::sleep(node.settings.request_timeout);
-                    tokio::pin!(late_deadline);
-                    loop {
-                        tokio::select! {
-                            msg = rx.recv() => match msg {
-                                Some((replica, Ok(record))) => {
-                                    if let Some(r) = &record {
-                                        merged.merge(r);
-                                    }
-                                    answers.push((replica, record));
+                    let late = async {
+                        while let Some((replica, result)) = pending.next().await {
+                            if let Ok(record) = result {
+                                if let Some(r) = &record {
+                                    merged.merge(r);
                                 }
-                                Some((_, Err(_))) => {}
-                                None => break,
-                            },
-                            _ = &mut late_deadline => break,
+                                answers.push((replica, record));
+                            }
                         }
-                    }
+                    };
+                    let _ = tokio::time::timeout(node.settings.request_timeout, late).await;
                     merged.resolve(node.settings.conflict);
                     node.repair(&key, &merged, &answers).await;
                 });
@@ -529,6 +529,16 @@ where
         {
             tracing::warn!(key_len = key.len(), error = %e, "read repair incomplete");
         }
+    }
+
+    /// [`Self::read_replica`] owning its arguments, so the future can outlive the request.
+    async fn read_replica_owned(
+        self: Arc<Self>,
+        replica: NodeInfo,
+        key: Vec<u8>,
+    ) -> (NodeInfo, Result<Option<Record>, String>) {
+        let result = self.read_replica(&replica, key).await;
+        (replica, result)
     }
 
     async fn read_replica(
@@ -605,41 +615,53 @@ where
         needed: usize,
     ) -> Result<(), NodeError> {
         let entries = Arc::new(entries);
-        let (tx, mut rx) = mpsc::channel::<ReplicaResult>(replicas.len().max(1));
-        for replica in replicas {
-            let node = self.clone();
-            let tx = tx.clone();
-            let entries = entries.clone();
-            tokio::spawn(async move {
-                let result = node.write_replica(&replica, entries).await;
-                if let Err(e) = &result {
-                    tracing::debug!(peer = %replica, error = %e, "replica write failed");
-                }
-                let _ = tx.send((replica, result)).await;
-            });
-        }
-        drop(tx);
-        let deadline = tokio::time::sleep(self.settings.request_timeout);
-        tokio::pin!(deadline);
+        // Polled here rather than spawned (the local write and the remote ones wait in
+        // their replica queues); whatever is outstanding at the quorum is handed to a
+        // task, so every replica still gets the write.
+        let mut pending: FuturesUnordered<_> = replicas
+            .into_iter()
+            .map(|replica| self.clone().write_replica_owned(replica, entries.clone()))
+            .collect();
         let mut acks = 0;
         let mut failures = Vec::new();
-        while acks < needed {
-            tokio::select! {
-                msg = rx.recv() => match msg {
+        let collect = async {
+            while acks < needed {
+                match pending.next().await {
                     Some((_, Ok(()))) => acks += 1,
                     Some((replica, Err(e))) => failures.push(format!("{}: {e}", replica.id)),
                     None => break,
-                },
-                _ = &mut deadline => {
-                    failures.push(format!("deadline of {:?} passed", self.settings.request_timeout));
-                    break;
                 }
             }
+        };
+        if tokio::time::timeout(self.settings.request_timeout, collect)
+            .await
+            .is_err()
+        {
+            failures.push(format!(
+                "deadline of {:?} passed",
+                self.settings.request_timeout
+            ));
+        }
+        if !pending.is_empty() {
+            tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
         if acks < needed {
             return Err(quorum_error(acks, needed, &failures));
         }
         Ok(())
+    }
+
+    /// [`Self::write_replica`] owning its arguments, logging a failure.
+    async fn write_replica_owned(
+        self: Arc<Self>,
+        replica: NodeInfo,
+        entries: Arc<Entries>,
+    ) -> ReplicaResult {
+        let result = self.write_replica(&replica, entries).await;
+        if let Err(e) = &result {
+            tracing::debug!(peer = %replica, error = %e, "replica write failed");
+        }
+        (replica, result)
     }
 
     /// Writes to one replica through its queue. When a remote replica fails, the write
