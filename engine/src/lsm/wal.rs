@@ -2,8 +2,9 @@
 //! write batch, so a batch is recovered whole or not at all.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use memmap2::{MmapMut, MmapOptions};
 
 use super::codec::{self, Cursor};
 use crate::{Error, Result, WriteOp};
@@ -17,9 +18,23 @@ pub(crate) fn wal_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// Appends batches to one WAL file.
+///
+/// The file grows in preallocated steps (`fallocate`, so the disk space is reserved and
+/// a full disk is an error at growth time, not a fault later) and records are copied into
+/// a shared memory map of it. A copy into the map is in the kernel's page cache the moment
+/// it is made, exactly like the bytes of a `write(2)`: an acknowledged write survives a
+/// `kill -9` of the process, and `sync` (fdatasync) makes it survive a power loss. What
+/// this saves is one system call per group commit. Unused preallocated space is cut off
+/// when the WAL is closed; after a crash it reads as zeros, which replay recognises.
 pub(crate) struct WalWriter {
     file: File,
     path: PathBuf,
+    /// Shared writable map of the first `cap` bytes of the file (none while `cap` is 0).
+    map: Option<MmapMut>,
+    /// Bytes of records written.
+    pos: usize,
+    /// Bytes allocated in the file (and mapped).
+    cap: usize,
     /// Reused encoding buffer, so an append allocates nothing in the steady state.
     buf: Vec<u8>,
 }
@@ -28,33 +43,75 @@ pub(crate) struct WalWriter {
 /// should not pin its memory for the life of the WAL).
 const KEEP_BUF_BYTES: usize = 1 << 20;
 
+/// Preallocation step of a WAL file.
+const GROW_BYTES: usize = 4 << 20;
+
 impl WalWriter {
     /// Creates WAL `id` (it must not exist) and makes its directory entry durable.
     pub fn create(dir: &Path, id: u64) -> Result<Self> {
         let path = wal_path(dir, id);
         let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .read(true)
+            .write(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(dir)?;
         Ok(WalWriter {
             file,
             path,
+            map: None,
+            pos: 0,
+            cap: 0,
             buf: Vec::new(),
         })
     }
 
-    /// Writes already framed records with one `write(2)` call sequence.
-    pub fn append(&mut self, framed: &[u8]) -> Result<()> {
-        self.file
-            .write_all(framed)
-            .map_err(|e| Error::io(&self.path, e))
+    /// Makes room for `more` bytes after `pos`: reserves the next step of the file on
+    /// disk and maps it.
+    fn reserve(&mut self, more: usize) -> Result<()> {
+        let need = self.pos + more;
+        if need <= self.cap {
+            return Ok(());
+        }
+        let new_cap = need.max(self.cap + GROW_BYTES).next_multiple_of(GROW_BYTES);
+        self.map = None;
+        allocate(&self.file, self.cap as u64, (new_cap - self.cap) as u64).map_err(|e| {
+            Error::io(
+                &self.path,
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot reserve {} bytes for the write-ahead log ({e}); free disk space",
+                        new_cap - self.cap
+                    ),
+                ),
+            )
+        })?;
+        // SAFETY: the file is this writer's own (created with `create_new`, the data
+        // directory is locked by the node); nothing else truncates it while mapped.
+        let map = unsafe { MmapOptions::new().len(new_cap).map_mut(&self.file) }
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.map = Some(map);
+        self.cap = new_cap;
+        Ok(())
     }
 
-    /// Encodes records with `encode` into the reused buffer and writes them with one
-    /// `write(2)` call sequence (the bytes reach the kernel before this returns; nothing
-    /// stays buffered in user space). Returns the number of bytes written.
+    /// Appends already framed records; they are in the page cache (visible to a reader
+    /// of the file, and surviving a crash of this process) when this returns.
+    pub fn append(&mut self, framed: &[u8]) -> Result<()> {
+        self.reserve(framed.len())?;
+        let map = self
+            .map
+            .as_mut()
+            .expect("reserve maps the file when cap > 0");
+        map[self.pos..self.pos + framed.len()].copy_from_slice(framed);
+        self.pos += framed.len();
+        Ok(())
+    }
+
+    /// Encodes records with `encode` into the reused buffer and appends them (see
+    /// [`Self::append`]). Returns the number of bytes written.
     pub fn append_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<usize> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -67,9 +124,49 @@ impl WalWriter {
         r.map(|_| n)
     }
 
-    /// fsyncs the data written so far.
+    /// fsyncs the data written so far (the mapped pages are the file's page cache, so
+    /// fdatasync writes them back).
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Cuts the unused preallocated space off and fsyncs (used when the WAL is closed).
+    pub fn sync_and_trim(&mut self) -> Result<()> {
+        if self.cap > self.pos {
+            self.map = None;
+            self.file
+                .set_len(self.pos as u64)
+                .map_err(|e| Error::io(&self.path, e))?;
+            self.cap = self.pos;
+        }
+        self.sync()
+    }
+}
+
+impl Drop for WalWriter {
+    fn drop(&mut self) {
+        if self.cap > self.pos {
+            self.map = None;
+            if let Err(e) = self.file.set_len(self.pos as u64) {
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "could not cut preallocated space off a write-ahead log (harmless: replay skips it)");
+            }
+        }
+    }
+}
+
+/// Reserves `len` bytes of `file` from `offset` on disk, growing the file.
+fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::other("write-ahead log too large"));
+    };
+    // SAFETY: a valid open file descriptor and plain integers.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), off, n) } {
+        0 => Ok(()),
+        // Filesystems without fallocate: a plain (sparse) extension.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(offset + len),
+        e => Err(std::io::Error::from_raw_os_error(e)),
     }
 }
 
@@ -144,8 +241,13 @@ pub(crate) fn replay(path: &Path) -> Result<Vec<RecoveredBatch>> {
         batches.push(batch);
     }
     if let Some(at) = contents.torn_tail_at {
-        tracing::warn!(path = %path.display(), offset = at, dropped_bytes = data.len() as u64 - at,
-            "truncating torn tail of write-ahead log (a write interrupted by a crash)");
+        if data[at as usize..].iter().all(|&b| b == 0) {
+            // Space preallocated by a writer that did not close the WAL (a crash).
+            tracing::debug!(path = %path.display(), offset = at, "cutting unused preallocated space off write-ahead log");
+        } else {
+            tracing::warn!(path = %path.display(), offset = at, dropped_bytes = data.len() as u64 - at,
+                "truncating torn tail of write-ahead log (a write interrupted by a crash)");
+        }
         let f = OpenOptions::new()
             .write(true)
             .open(path)
@@ -199,11 +301,52 @@ mod tests {
             }];
             total += w.append_encoded(|buf| encode_batch(buf, i, &ops)).unwrap();
             // No sync and the writer is still open: the bytes are in the file already
-            // (in the kernel), as a killed process would leave them.
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), total as u64);
-            let got = replay(&path).unwrap();
+            // (in the kernel's page cache), as a killed process would leave them.
+            let data = std::fs::read(&path).unwrap();
+            assert!(data.len() >= total, "the file holds the records");
+            assert!(
+                data[total..].iter().all(|&b| b == 0),
+                "then preallocated zeros"
+            );
+            let got = codec::read_log(&path, &data, MIN_PAYLOAD).unwrap();
+            assert_eq!(got.records.len(), i as usize + 1);
+            let got: Vec<_> = got
+                .records
+                .iter()
+                .map(|(_, p)| decode_batch(p).unwrap())
+                .collect();
             assert_eq!(got.len(), i as usize + 1);
             assert_eq!(got[i as usize].ops, ops);
         }
+    }
+
+    #[test]
+    fn closing_cuts_preallocation_and_a_crash_leaves_a_zero_tail_replay_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = wal_path(dir.path(), 1);
+        let mut w = WalWriter::create(dir.path(), 1).unwrap();
+        let ops = [WriteOp::Put {
+            key: b"k".to_vec(),
+            value: vec![7; 300],
+        }];
+        let mut total = 0;
+        // Past one growth step, so the file is remapped at least once.
+        for i in 0..(GROW_BYTES / 300 + 100) as u64 {
+            total += w.append_encoded(|buf| encode_batch(buf, i, &ops)).unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() as usize > total);
+        // A crash: the writer never trims; replay finds every record, then zeros.
+        let crashed = dir.path().join("crashed.wal");
+        std::fs::copy(&path, &crashed).unwrap();
+        let got = replay(&crashed).unwrap();
+        assert_eq!(got.len(), GROW_BYTES / 300 + 100);
+        assert_eq!(got.last().unwrap().ops, ops);
+        assert_eq!(std::fs::metadata(&crashed).unwrap().len() as usize, total);
+        // A clean close cuts the file to its records.
+        w.sync_and_trim().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, total);
+        drop(w);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, total);
+        assert_eq!(replay(&path).unwrap().len(), GROW_BYTES / 300 + 100);
     }
 }

@@ -220,7 +220,7 @@ impl Inner {
 
     /// Waits for an in-flight group to finish, then fsyncs the WAL (used by close).
     pub(crate) fn wait_for_leader_then_sync(&self) -> Result<()> {
-        self.as_leader(|| self.wal.lock().sync())
+        self.as_leader(|| self.wal.lock().sync_and_trim())
     }
 
     /// Delays or blocks a writer while L0 holds too many files that compaction could
