@@ -5,6 +5,12 @@
 //! variables < flags.
 
 use std::path::PathBuf;
+
+/// mimalloc instead of the system allocator: under the many short-lived allocations of
+/// request handling, glibc malloc's arena locking and chunk consolidation took about a
+/// tenth of the node's CPU (docs/load-generator.md has the profile).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 use clap::Parser;
