@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# CPU cost per operation: how many microseconds of CPU the nodes (all of them together)
+# and the load generator spend on one operation, from /proc/PID/stat before and after a
+# fixed number of operations. Throughput on a shared 2-core machine moves by 10-20%
+# from run to run; CPU per operation moves far less, so compare changes with this.
+#   scripts/cluster-cpu.sh [NODES] [OPS]     NODES: 3 (N=3 R=2 W=2, default) or 1 (N=1)
+# Starts release nodes on 127.0.0.1:7301.., runs insert, then C (reads of 10,000
+# preloaded keys), prints one line per workload and stops every node it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODES=${1:-3}
+OPS=${2:-200000}
+OUT=${OUT:-/tmp/distkv-cluster-cpu}
+cargo build --release -q -p distkv-node
+BIN=target/release
+rm -rf "$OUT" && mkdir -p "$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+SEEDS=""
+TARGETS=""
+for i in $(seq 1 "$NODES"); do
+    SEEDS+="${SEEDS:+,}n$i=127.0.0.1:730$i"
+    TARGETS+="${TARGETS:+,}127.0.0.1:730$i"
+done
+Q=$(( NODES / 2 + 1 ))
+for i in $(seq 1 "$NODES"); do
+    "$BIN/distkv-server" --node-id "n$i" --address "127.0.0.1:730$i" --data-dir "$OUT/n$i" \
+        --seed-nodes "$SEEDS" --replicas "$NODES" --read-quorum "$Q" --write-quorum "$Q" \
+        ${SERVER_ARGS:-} > "$OUT/n$i.log" 2>&1 &
+    PIDS+=($!)
+done
+for _ in $(seq 1 100); do
+    "$BIN/distkv-client" --server "127.0.0.1:730$NODES" status >/dev/null 2>&1 && break
+    sleep 0.1
+done
+# CPU seconds (user + system) of the given processes, summed.
+cpu() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{s += $1 + $2} END {print s / 100}'; }
+measure() {
+    local name=$1; shift
+    local before after report
+    before=$(cpu "${PIDS[@]}")
+    report=$( { TIMEFORMAT="GENCPU %U %S"; time "$BIN/distkv-bench" --targets "$TARGETS" \
+        --clients 64 --ops "$OPS" --keys 10000 --value-size 100 "$@"; } 2>&1 )
+    after=$(cpu "${PIDS[@]}")
+    echo "$report" | awk -v n="$name" -v a="$before" -v b="$after" -v ops="$OPS" -v nodes="$NODES" '
+        /^GENCPU/ { gen = $2 + $3 }
+        /^(read|insert) / { rate = $4; p99 = $7 }
+        END { printf "%-7s %d node(s): %8s ops/s  p99 %6s us  nodes %5.1f us/op  generator %5.1f us/op\n",
+              n, nodes, rate, p99, (b - a) / ops * 1e6, gen / ops * 1e6 }'
+}
+measure insert --workload insert
+"$BIN/distkv-bench" --targets "$TARGETS" --clients 64 --workload insert --keys 10000 \
+    --preload --ops 1 --value-size 100 >/dev/null 2>&1
+measure read --workload c
