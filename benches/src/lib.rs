@@ -57,6 +57,11 @@ pub trait BenchEngine {
     fn read_amplification(&self) -> Option<f64> {
         None
     }
+    /// Bytes the engine has written to files without `write(2)` (through a memory
+    /// map), which `/proc/self/io` does not count; added to it for write amplification.
+    fn mapped_bytes_written(&self) -> u64 {
+        0
+    }
 }
 
 /// DistKV's LSM engine.
@@ -110,6 +115,13 @@ impl BenchEngine for DistkvLsm {
     }
     fn read_amplification(&self) -> Option<f64> {
         Some(self.stat("read_amplification"))
+    }
+    fn mapped_bytes_written(&self) -> u64 {
+        // The WAL is written through a shared map of its file.
+        match self.db.stats().get("bytes.wal_written") {
+            Some(distkv_engine::StatValue::U64(v)) => *v,
+            _ => 0,
+        }
     }
     fn describe(&self) -> String {
         [
