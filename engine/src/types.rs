@@ -46,6 +46,12 @@ pub enum Error {
     /// flush) left the engine unable to guarantee durability.
     #[error("storage engine stopped accepting writes after a background failure: {0} (restart the node after fixing the cause)")]
     Poisoned(String),
+    /// Another open engine (in this process or another) holds the directory's lock.
+    #[error("storage directory {path} is in use by another open engine (its LOCK file is held): close that one first, or use another directory")]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Any other engine-specific failure (plugins use this for their own errors).
     #[error("{0}")]
     Other(String),

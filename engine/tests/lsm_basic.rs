@@ -449,3 +449,32 @@ fn close_during_a_long_compaction_keeps_every_write() {
     let db = Lsm::open(dir.path(), opts).unwrap();
     check_all(&db, n, 0, |_| false);
 }
+
+#[test]
+fn one_open_engine_per_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Lsm::open(dir.path(), small(CompactionStrategy::Leveled)).unwrap();
+    put(&db, 1, 0);
+    let second = Lsm::open(dir.path(), small(CompactionStrategy::Leveled));
+    let err = second.expect_err("a second engine on the same directory must be refused");
+    assert!(
+        matches!(&err, distkv_engine::Error::Locked { path } if path == dir.path()),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&dir.path().display().to_string()) && msg.contains("in use"),
+        "{msg}"
+    );
+    // The refused open touched nothing: the first engine still reads its write.
+    assert_eq!(db.get(&key(1)).unwrap(), Some(value(1, 0)));
+    // close() releases the directory even while the handle lives on.
+    db.close().unwrap();
+    let reopened = Lsm::open(dir.path(), small(CompactionStrategy::Leveled)).unwrap();
+    assert_eq!(reopened.get(&key(1)).unwrap(), Some(value(1, 0)));
+    drop(reopened);
+    // So does dropping it.
+    drop(db);
+    let again = Lsm::open(dir.path(), small(CompactionStrategy::Leveled)).unwrap();
+    assert_eq!(again.get(&key(1)).unwrap(), Some(value(1, 0)));
+}

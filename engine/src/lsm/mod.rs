@@ -116,6 +116,27 @@ pub(crate) struct Inner {
 pub struct Lsm {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The directory's `LOCK` file, locked exclusively while the engine is open.
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Takes the exclusive lock of `dir/LOCK` (as RocksDB and fjall do): two engines over
+/// one directory would each delete the other's files as leftovers.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
 }
 
 impl std::fmt::Debug for Lsm {
@@ -157,6 +178,7 @@ impl Lsm {
     pub fn open(dir: &Path, options: LsmOptions) -> Result<Lsm> {
         options.validate()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = lock_dir(dir)?;
         let levels = options.max_levels;
         let mut state = manifest::load(dir, levels)?.unwrap_or(ManifestState {
             version: Version::empty(levels),
@@ -285,6 +307,7 @@ impl Lsm {
         Ok(Lsm {
             inner,
             threads: Mutex::new(threads),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -458,6 +481,8 @@ impl StorageEngine for Lsm {
                 tracing::error!("an LSM background thread panicked");
             }
         }
+        // Nothing touches the directory any more: another engine may open it.
+        self.lock.lock().take();
         synced
     }
 }
