@@ -24,6 +24,16 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+const USAGE: &str = "usage: engine-compare [--keys N] [--reads N] [--csv PATH] [--dir PATH]
+    [--engines leveled,size-tiered,simple,fjall] [--no-sweep] [--lsm 'name = value' ...]
+  --keys N      keys written by fillseq/fillrandom (default 2000000)
+  --reads N     gets per read workload (default min(keys, 1000000))
+  --csv PATH    CSV output (default engine-compare.csv)
+  --dir PATH    where the engines' directories are made (default the temp dir)
+  --engines     which engines, in this order
+  --no-sweep    skip the Bloom filter false-positive sweep
+  --lsm         an LsmOptions field in TOML syntax, repeatable";
+
 struct Args {
     keys: u64,
     reads: u64,
@@ -62,7 +72,11 @@ fn parse_args() -> anyhow::Result<Args> {
                 lsm_toml.push_str(&val()?);
                 lsm_toml.push('\n');
             }
-            other => bail!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
     a.lsm = toml::from_str(&lsm_toml).context("--lsm options")?;
