@@ -14,6 +14,7 @@ pub mod ring;
 pub mod server;
 pub mod service;
 pub mod version;
+mod writer;
 
 pub use error::NodeError;
 pub use node::{Consistency, Node, NodeSettings, ReadResult};

@@ -11,17 +11,17 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use distkv_engine::{EngineStats, StorageEngine, WriteBatch};
+use distkv_engine::{EngineStats, StorageEngine};
 use distkv_network::{Liveness, Membership, NodeInfo, Transport, TransportError};
 use distkv_proto::v1::{KeyRecord, PeerReadRequest, ReplicateRequest};
 use futures::stream::{FuturesUnordered, StreamExt};
-use parking_lot::Mutex;
 
 use crate::batcher::{Entries, ReadBatcher, SendBatch, SendReads, WriteBatcher};
 use crate::error::NodeError;
 use crate::hints::HintStore;
 use crate::ring::Partitioner;
 use crate::version::{ConflictPolicy, Dot, Record, VersionVector};
+use crate::writer::StorageWriter;
 
 /// How many replicas must answer, per request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,9 +121,6 @@ pub struct BatchEntry {
     pub context: Vec<u8>,
 }
 
-/// Number of lock stripes serialising read-merge-write of the same key on this replica.
-const KEY_LOCK_STRIPES: usize = 1024;
-
 /// A DistKV node.
 pub struct Node<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
     pub(crate) local: NodeInfo,
@@ -133,7 +130,7 @@ pub struct Node<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Tra
     pub(crate) transport: Arc<T>,
     pub(crate) settings: NodeSettings,
     clock: DotClock,
-    pub(crate) key_locks: Vec<Mutex<()>>,
+    writer: StorageWriter,
     pub(crate) started: Instant,
     pub(crate) this: Weak<Self>,
     pub(crate) batchers: DashMap<String, WriteBatcher>,
@@ -193,6 +190,8 @@ where
         settings: NodeSettings,
     ) -> Arc<Self> {
         partitioner.set_topology(&membership.topology());
+        let writer =
+            StorageWriter::spawn(storage.clone(), settings.conflict, &membership.local().id);
         Arc::new_cyclic(|this| Node {
             this: this.clone(),
             local: membership.local().clone(),
@@ -202,7 +201,7 @@ where
             transport,
             settings,
             clock: DotClock::new(),
-            key_locks: (0..KEY_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            writer,
             started: Instant::now(),
             batchers: DashMap::new(),
             read_batchers: DashMap::new(),
@@ -754,42 +753,13 @@ where
             .collect()
     }
 
-    /// Merges records into local storage (read, merge, write under the keys' locks) and
-    /// returns once the engine has made them durable.
+    /// Merges records into local storage (read, merge, write, on the node's storage
+    /// writer thread) and returns once the engine has made them durable.
     pub(crate) async fn merge_local(
         self: &Arc<Self>,
         entries: Vec<(Vec<u8>, Record)>,
     ) -> Result<(), NodeError> {
-        let node = self.clone();
-        blocking(move || node.merge_local_blocking(entries)).await
-    }
-
-    fn merge_local_blocking(&self, entries: Vec<(Vec<u8>, Record)>) -> Result<(), NodeError> {
-        let mut stripes: Vec<usize> = entries.iter().map(|(k, _)| stripe_of(k)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        // Locks are always taken in ascending stripe order, so two merges cannot deadlock.
-        let _guards: Vec<_> = stripes.iter().map(|&s| self.key_locks[s].lock()).collect();
-        let mut batch = WriteBatch::new();
-        let mut merged_in_batch: std::collections::HashMap<&[u8], Record> =
-            std::collections::HashMap::new();
-        for (key, incoming) in &entries {
-            let mut record = match merged_in_batch.remove(key.as_slice()) {
-                Some(r) => r,
-                None => match self.storage.get(key)? {
-                    Some(bytes) => decode_stored(key, &bytes)?,
-                    None => Record::default(),
-                },
-            };
-            record.merge(incoming);
-            record.resolve(self.settings.conflict);
-            merged_in_batch.insert(key.as_slice(), record);
-        }
-        for (key, record) in merged_in_batch {
-            batch.put(key.to_vec(), record.encode());
-        }
-        self.storage.write(batch)?;
-        Ok(())
+        self.writer.merge(entries).await
     }
 }
 
@@ -812,10 +782,6 @@ fn queue_for<Q: Clone>(
 fn alive<N>(weak: &Weak<N>) -> Result<Arc<N>, String> {
     weak.upgrade()
         .ok_or_else(|| "node is shutting down".to_string())
-}
-
-fn stripe_of(key: &[u8]) -> usize {
-    (xxhash_rust::xxh3::xxh3_64(key) % KEY_LOCK_STRIPES as u64) as usize
 }
 
 pub(crate) fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Record, NodeError> {
