@@ -22,7 +22,7 @@ pub enum CompactionStrategy {
 
 /// When the write-ahead log is fsynced relative to acknowledging a write.
 ///
-/// Every policy writes the batch to the WAL file (`write(2)`) before `write` returns, so
+/// Every policy puts the batch in the WAL file (the kernel page cache) before `write` returns, so
 /// a crash of the *process* (`kill -9`) never loses an acknowledged write. The policies
 /// differ on a crash of the *machine* (power loss, kernel panic).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +37,7 @@ pub enum SyncPolicy {
     /// Like `always`, but the group leader waits `batch_window_us` for more writers
     /// before the fsync: fewer fsyncs under load, a little more latency.
     Batch,
-    /// Acknowledge after `write(2)`; a background thread fsyncs every `sync_interval_ms`.
+    /// Acknowledge once in the WAL file (page cache); a background thread fsyncs every `sync_interval_ms`.
     /// A power loss can lose that window of acknowledged writes.
     Interval,
     /// Never fsync the WAL on its own (only on `flush`, `close` and memtable rotation).

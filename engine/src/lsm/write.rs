@@ -106,7 +106,7 @@ impl Inner {
         result
     }
 
-    /// Writes `batches` to the WAL with one `write(2)` (and fsyncs it when the policy
+    /// Writes `batches` to the WAL in one append (and fsyncs it when the policy
     /// asks), then applies them to the memtable and publishes their sequence numbers.
     /// The batches are left empty.
     fn commit_group(&self, batches: &mut [WriteBatch]) -> Result<()> {
