@@ -71,35 +71,41 @@ impl WalWriter {
     /// disk and maps it.
     fn reserve(&mut self, more: usize) -> Result<()> {
         let need = self.pos + more;
-        if need <= self.cap {
-            return Ok(());
-        }
-        let new_cap = need.max(self.cap + GROW_BYTES).next_multiple_of(GROW_BYTES);
-        self.map = None;
-        allocate(&self.file, self.cap as u64, (new_cap - self.cap) as u64).map_err(|e| {
-            Error::io(
-                &self.path,
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot reserve {} bytes for the write-ahead log ({e}); free disk space",
-                        new_cap - self.cap
+        if need > self.cap {
+            let new_cap = need.max(self.cap + GROW_BYTES).next_multiple_of(GROW_BYTES);
+            // The current map stays valid while the file grows, so a failed reservation
+            // (a full disk) leaves the writer able to append into the space it has.
+            allocate(&self.file, self.cap as u64, (new_cap - self.cap) as u64).map_err(|e| {
+                Error::io(
+                    &self.path,
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot reserve {} bytes for the write-ahead log ({e}); free disk space",
+                            new_cap - self.cap
+                        ),
                     ),
-                ),
-            )
-        })?;
-        // SAFETY: the file is this writer's own (created with `create_new`, the data
-        // directory is locked by the node); nothing else truncates it while mapped.
-        let map = unsafe { MmapOptions::new().len(new_cap).map_mut(&self.file) }
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.map = Some(map);
-        self.cap = new_cap;
+                )
+            })?;
+            self.cap = new_cap;
+            self.map = None;
+        }
+        if self.map.is_none() && self.cap > 0 {
+            // SAFETY: the file is this writer's own (created with `create_new`, the data
+            // directory is locked by the node); nothing else truncates it while mapped.
+            let map = unsafe { MmapOptions::new().len(self.cap).map_mut(&self.file) }
+                .map_err(|e| Error::io(&self.path, e))?;
+            self.map = Some(map);
+        }
         Ok(())
     }
 
     /// Appends already framed records; they are in the page cache (visible to a reader
     /// of the file, and surviving a crash of this process) when this returns.
     pub fn append(&mut self, framed: &[u8]) -> Result<()> {
+        if framed.is_empty() {
+            return Ok(());
+        }
         self.reserve(framed.len())?;
         let map = self
             .map
@@ -132,25 +138,26 @@ impl WalWriter {
 
     /// Cuts the unused preallocated space off and fsyncs (used when the WAL is closed).
     pub fn sync_and_trim(&mut self) -> Result<()> {
+        self.trim().map_err(|e| Error::io(&self.path, e))?;
+        self.sync()
+    }
+
+    /// Cuts the file to the records written (unmapping it first).
+    fn trim(&mut self) -> std::io::Result<()> {
         if self.cap > self.pos {
             self.map = None;
-            self.file
-                .set_len(self.pos as u64)
-                .map_err(|e| Error::io(&self.path, e))?;
+            self.file.set_len(self.pos as u64)?;
             self.cap = self.pos;
         }
-        self.sync()
+        Ok(())
     }
 }
 
 impl Drop for WalWriter {
     fn drop(&mut self) {
-        if self.cap > self.pos {
-            self.map = None;
-            if let Err(e) = self.file.set_len(self.pos as u64) {
-                tracing::warn!(path = %self.path.display(), error = %e,
-                    "could not cut preallocated space off a write-ahead log (harmless: replay skips it)");
-            }
+        if let Err(e) = self.trim() {
+            tracing::warn!(path = %self.path.display(), error = %e,
+                "could not cut preallocated space off a write-ahead log (harmless: replay skips it)");
         }
     }
 }
