@@ -435,26 +435,8 @@ where
             .cloned()
             .map(|replica| self.clone().read_replica_owned(replica, key.clone()))
             .collect();
-        let mut answers: Vec<(NodeInfo, Option<Record>)> = Vec::with_capacity(replicas.len());
-        let mut failures = Vec::new();
-        let collect = async {
-            while answers.len() < needed {
-                match pending.next().await {
-                    Some((replica, Ok(record))) => answers.push((replica, record)),
-                    Some((replica, Err(e))) => failures.push(format!("{}: {e}", replica.id)),
-                    None => break,
-                }
-            }
-        };
-        if tokio::time::timeout(self.settings.request_timeout, collect)
-            .await
-            .is_err()
-        {
-            failures.push(format!(
-                "deadline of {:?} passed",
-                self.settings.request_timeout
-            ));
-        }
+        let (mut answers, failures) =
+            await_quorum(&mut pending, needed, self.settings.request_timeout).await;
         if answers.len() < needed {
             return Err(quorum_error(answers.len(), needed, &failures));
         }
@@ -621,31 +603,13 @@ where
             .into_iter()
             .map(|replica| self.clone().write_replica_owned(replica, entries.clone()))
             .collect();
-        let mut acks = 0;
-        let mut failures = Vec::new();
-        let collect = async {
-            while acks < needed {
-                match pending.next().await {
-                    Some((_, Ok(()))) => acks += 1,
-                    Some((replica, Err(e))) => failures.push(format!("{}: {e}", replica.id)),
-                    None => break,
-                }
-            }
-        };
-        if tokio::time::timeout(self.settings.request_timeout, collect)
-            .await
-            .is_err()
-        {
-            failures.push(format!(
-                "deadline of {:?} passed",
-                self.settings.request_timeout
-            ));
-        }
+        let (acks, failures) =
+            await_quorum(&mut pending, needed, self.settings.request_timeout).await;
         if !pending.is_empty() {
             tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
-        if acks < needed {
-            return Err(quorum_error(acks, needed, &failures));
+        if acks.len() < needed {
+            return Err(quorum_error(acks.len(), needed, &failures));
         }
         Ok(())
     }
@@ -791,6 +755,34 @@ pub(crate) fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Record, NodeErro
             key.len()
         )))
     })
+}
+
+/// Polls replica calls until `needed` of them succeeded, all answered, or `timeout`
+/// passed. Returns the successful answers and one line per failure (the deadline
+/// included); calls still pending stay in `pending`.
+async fn await_quorum<T, F>(
+    pending: &mut FuturesUnordered<F>,
+    needed: usize,
+    timeout: Duration,
+) -> (Vec<(NodeInfo, T)>, Vec<String>)
+where
+    F: std::future::Future<Output = (NodeInfo, Result<T, String>)>,
+{
+    let mut answers = Vec::with_capacity(needed);
+    let mut failures = Vec::new();
+    let collect = async {
+        while answers.len() < needed {
+            match pending.next().await {
+                Some((replica, Ok(answer))) => answers.push((replica, answer)),
+                Some((replica, Err(e))) => failures.push(format!("{}: {e}", replica.id)),
+                None => break,
+            }
+        }
+    };
+    if tokio::time::timeout(timeout, collect).await.is_err() {
+        failures.push(format!("deadline of {timeout:?} passed"));
+    }
+    (answers, failures)
 }
 
 fn quorum_error(got: usize, needed: usize, failures: &[String]) -> NodeError {
