@@ -40,7 +40,7 @@ pub mod test_hooks {
     }
 }
 
-pub use lsm::{CompactionStrategy, Lsm, LsmOptions, SyncPolicy};
+pub use lsm::{lock_dir, CompactionStrategy, Lsm, LsmOptions, SyncPolicy};
 pub use types::{EngineStats, Error, KeyRange, Result, StatValue, WriteBatch, WriteOp};
 
 /// An ordered, durable byte-key store on one node. See the [crate docs](crate) for the

@@ -103,27 +103,17 @@ fn settings(config: &Config) -> NodeSettings {
     }
 }
 
-/// Takes the exclusive lock of the data directory (`data_dir/LOCK`), or says which
-/// directory is in use. The lock is released when the returned file is dropped or the
-/// process dies, `kill -9` included.
+/// Takes the exclusive lock of the data directory (`data_dir/LOCK`, the engines' own
+/// lock file convention), or says which directory is in use. The lock is released when
+/// the returned file is dropped or the process dies, `kill -9` included.
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartupError> {
-    let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StartupError(format!("cannot open {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StartupError(format!(
+    distkv_engine::lock_dir(dir).map_err(|e| match e {
+        distkv_engine::Error::Locked { .. } => StartupError(format!(
             "data directory {} is in use by another distkv-server (its LOCK file is held): stop that node or choose another --data-dir",
             dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StartupError(format!("cannot lock {}: {e}", path.display())))
-        }
-    }
+        )),
+        other => StartupError(format!("cannot lock data directory {}: {other}", dir.display())),
+    })
 }
 
 /// Opens the hint store under `data_dir/hints`.

@@ -120,9 +120,11 @@ pub struct Lsm {
     lock: Mutex<Option<std::fs::File>>,
 }
 
-/// Takes the exclusive lock of `dir/LOCK` (as RocksDB and fjall do): two engines over
-/// one directory would each delete the other's files as leftovers.
-fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+/// Takes the exclusive lock of `dir/LOCK` (as RocksDB and fjall do: two engines over
+/// one directory would each delete the other's files as leftovers), or
+/// [`Error::Locked`] when someone holds it. The lock lasts as long as the returned file
+/// is open, and ends with the process, `kill -9` included.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
         .create(true)
