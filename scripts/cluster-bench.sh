@@ -8,25 +8,9 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-20s}
 CLIENTS=${2:-64}
 OUT=${OUT:-/tmp/distkv-cluster-bench}
-cargo build --release -q -p distkv-node
-BIN=target/release
-rm -rf "$OUT" && mkdir -p "$OUT"
-PORTS=(7101 7102 7103)
-SEEDS="n1=127.0.0.1:7101,n2=127.0.0.1:7102,n3=127.0.0.1:7103"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-for i in 1 2 3; do
-    "$BIN/distkv-server" --node-id "n$i" --address "127.0.0.1:${PORTS[$((i-1))]}" --data-dir "$OUT/n$i" \
-        --seed-nodes "$SEEDS" --replicas 3 --read-quorum 2 --write-quorum 2 ${SERVER_ARGS:-} \
-        > "$OUT/n$i.log" 2>&1 &
-    PIDS+=($!)
-done
-T=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
-for _ in $(seq 1 100); do
-    "$BIN/distkv-client" --server 127.0.0.1:7103 status >/dev/null 2>&1 && break
-    sleep 0.1
-done
+source scripts/cluster-lib.sh
+start_cluster 3 710
+T=$TARGETS
 run() {
     local name=$1; shift
     echo "== $name ($DURATION, $CLIENTS clients)"

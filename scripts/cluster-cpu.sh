@@ -11,29 +11,8 @@ cd "$(dirname "$0")/.."
 NODES=${1:-3}
 OPS=${2:-200000}
 OUT=${OUT:-/tmp/distkv-cluster-cpu}
-cargo build --release -q -p distkv-node
-BIN=target/release
-rm -rf "$OUT" && mkdir -p "$OUT"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-SEEDS=""
-TARGETS=""
-for i in $(seq 1 "$NODES"); do
-    SEEDS+="${SEEDS:+,}n$i=127.0.0.1:730$i"
-    TARGETS+="${TARGETS:+,}127.0.0.1:730$i"
-done
-Q=$(( NODES / 2 + 1 ))
-for i in $(seq 1 "$NODES"); do
-    "$BIN/distkv-server" --node-id "n$i" --address "127.0.0.1:730$i" --data-dir "$OUT/n$i" \
-        --seed-nodes "$SEEDS" --replicas "$NODES" --read-quorum "$Q" --write-quorum "$Q" \
-        ${SERVER_ARGS:-} > "$OUT/n$i.log" 2>&1 &
-    PIDS+=($!)
-done
-for _ in $(seq 1 100); do
-    "$BIN/distkv-client" --server "127.0.0.1:730$NODES" status >/dev/null 2>&1 && break
-    sleep 0.1
-done
+source scripts/cluster-lib.sh
+start_cluster "$NODES" 730
 # CPU seconds (user + system) of the given processes, summed.
 cpu() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{s += $1 + $2} END {print s / 100}'; }
 measure() {

@@ -1,0 +1,31 @@
+# Sourced by the cluster scripts: builds the release binaries and starts NODES
+# distkv-server processes on 127.0.0.1:${BASE_PORT}1.. (N=NODES, R=W=majority), with
+# their data and logs under $OUT; stops them all on exit. Sets BIN, PIDS and TARGETS.
+#   start_cluster NODES BASE_PORT      e.g. start_cluster 3 710 -> ports 7101..7103
+# Extra server flags: $SERVER_ARGS.
+cargo build --release -q -p distkv-node
+BIN=target/release
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+start_cluster() {
+    local nodes=$1 base=$2 seeds="" i
+    TARGETS=""
+    rm -rf "$OUT" && mkdir -p "$OUT"
+    for i in $(seq 1 "$nodes"); do
+        seeds+="${seeds:+,}n$i=127.0.0.1:$base$i"
+        TARGETS+="${TARGETS:+,}127.0.0.1:$base$i"
+    done
+    local q=$(( nodes / 2 + 1 ))
+    for i in $(seq 1 "$nodes"); do
+        "$BIN/distkv-server" --node-id "n$i" --address "127.0.0.1:$base$i" --data-dir "$OUT/n$i" \
+            --seed-nodes "$seeds" --replicas "$nodes" --read-quorum "$q" --write-quorum "$q" \
+            ${SERVER_ARGS:-} > "$OUT/n$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    # Bounded wait (10 s) for the last node to answer.
+    for _ in $(seq 1 100); do
+        "$BIN/distkv-client" --server "127.0.0.1:$base$nodes" status >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+}
