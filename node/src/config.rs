@@ -15,6 +15,9 @@ use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::api::{NodeSettings, ReadRepair};
+use crate::version::ConflictPolicy;
+
 /// Prefix of the environment variables read by the server.
 pub const ENV_PREFIX: &str = "DISTKV_";
 
@@ -45,6 +48,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The storage engine.
     pub storage: StorageConfig,
+    /// How the node learns who is in the cluster.
+    pub membership: MembershipConfig,
+    /// How the node calls its peers.
+    pub transport: TransportConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -61,6 +68,8 @@ impl Default for Config {
             replication: ReplicationConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
+            membership: MembershipConfig::default(),
+            transport: TransportConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -101,20 +110,29 @@ pub struct ReplicationConfig {
 }
 
 impl Default for ReplicationConfig {
+    /// The defaults of [`NodeSettings::default`], the one place they are written.
     fn default() -> Self {
+        let d = NodeSettings::default();
         ReplicationConfig {
-            replicas: 1,
-            read_quorum: 1,
-            write_quorum: 1,
-            virtual_nodes: 150,
-            request_timeout: Duration::from_secs(5),
-            conflict: ConflictMode::Siblings,
-            read_repair: ReadRepairMode::Background,
-            hinted_handoff: true,
-            hints_count_toward_w: false,
-            hint_replay_interval: Duration::from_secs(1),
-            hint_replay_batch: 512,
-            max_vector_entries: 64,
+            replicas: d.replicas as u32,
+            read_quorum: d.read_quorum as u32,
+            write_quorum: d.write_quorum as u32,
+            virtual_nodes: d.virtual_nodes,
+            request_timeout: d.request_timeout,
+            conflict: match d.conflict {
+                ConflictPolicy::Siblings => ConflictMode::Siblings,
+                ConflictPolicy::LastWriteWins => ConflictMode::Lww,
+            },
+            read_repair: match d.read_repair {
+                ReadRepair::Background => ReadRepairMode::Background,
+                ReadRepair::Blocking => ReadRepairMode::Blocking,
+                ReadRepair::Off => ReadRepairMode::Off,
+            },
+            hinted_handoff: d.hinted_handoff,
+            hints_count_toward_w: d.hints_count_toward_w,
+            hint_replay_interval: d.hint_replay_interval,
+            hint_replay_batch: d.hint_replay_batch,
+            max_vector_entries: d.max_vector_entries,
         }
     }
 }
@@ -154,13 +172,49 @@ pub struct LimitsConfig {
 }
 
 impl Default for LimitsConfig {
+    /// The defaults of [`NodeSettings::default`].
     fn default() -> Self {
+        let d = NodeSettings::default();
         LimitsConfig {
-            max_key_bytes: 64 * 1024,
-            max_value_bytes: 16 * 1024 * 1024,
-            max_batch_entries: 10_000,
+            max_key_bytes: d.max_key_bytes,
+            max_value_bytes: d.max_value_bytes,
+            max_batch_entries: d.max_batch_entries,
         }
     }
+}
+
+/// Membership settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// The implementation.
+    pub kind: MembershipKind,
+}
+
+/// Membership implementations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipKind {
+    /// The seed list is the cluster (fixed members; liveness from pings).
+    #[default]
+    Static,
+}
+
+/// Peer transport settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// The implementation.
+    pub kind: TransportKind,
+}
+
+/// Transport implementations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// tonic gRPC over HTTP/2, one multiplexed channel per peer.
+    #[default]
+    Grpc,
 }
 
 /// Which storage engine the node uses, and its options.

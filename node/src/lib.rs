@@ -1,20 +1,34 @@
-//! The DistKV node: coordinator, ring, versions, configuration and start-up.
+//! The DistKV node: a coordinator over subsystems, each a struct with its own handles.
+//!
+//! * [`api`]: public types and [`NodeSettings`], the one source of defaults.
+//! * [`coordinator`]: [`Node`], quorum reads and writes, read repair.
+//! * [`placement`]: the [`placement::Partitioner`] contract, the hash ring, token ranges,
+//!   and the atomically swapped placement snapshot.
+//! * [`replica`]: this node's records (token-ordered keys), per-replica queues, the peer
+//!   endpoint.
+//! * [`handoff`]: durable hints and their replay.
+//! * [`supervisor`]: owner of the background tasks.
+//! * [`assembly`]: wires the subsystems for given implementations.
+//! * [`config`], [`server`]: configuration and the one start-up function that names
+//!   implementations; [`frontend`]: the client gRPC service.
 //!
 //! The binaries `distkv-server` and `distkv-client` live in `src/bin/`.
 
-pub mod batcher;
+pub mod api;
+pub mod assembly;
 pub mod config;
+pub mod coordinator;
 pub mod error;
-mod handoff;
-pub mod hints;
+pub mod frontend;
+pub mod handoff;
 pub mod logging;
-pub mod node;
-mod peer;
-pub mod ring;
+pub mod placement;
+pub mod replica;
 pub mod server;
-pub mod service;
+pub mod supervisor;
+mod util;
 pub mod version;
-mod writer;
 
+pub use api::{BatchEntry, Consistency, NodeSettings, ReadRepair, ReadResult};
+pub use coordinator::Node;
 pub use error::NodeError;
-pub use node::{Consistency, Node, NodeSettings, ReadResult};

@@ -7,17 +7,20 @@ use std::time::Duration;
 
 use distkv_backends::MemoryEngine;
 use distkv_network::{InMemoryNetwork, InMemoryTransport, NodeInfo, StaticMembership};
-use distkv_node::hints::HintStore;
-use distkv_node::node::ReadRepair;
-use distkv_node::ring::HashRing;
+use distkv_node::assembly::{assemble, Assembled};
+use distkv_node::handoff::HintStore;
+use distkv_node::placement::HashRing;
 use distkv_node::version::Record;
+use distkv_node::ReadRepair;
 use distkv_node::{Consistency, Node, NodeError, NodeSettings};
 
 type TestNode = Node<MemoryEngine, StaticMembership, HashRing, InMemoryTransport>;
+type TestParts = Assembled<MemoryEngine, StaticMembership, HashRing, InMemoryTransport>;
 
 struct Cluster {
     net: Arc<InMemoryNetwork>,
     nodes: Vec<Arc<TestNode>>,
+    parts: Vec<TestParts>,
 }
 
 fn id(i: usize) -> String {
@@ -32,25 +35,25 @@ fn cluster(n: usize, settings: NodeSettings) -> Cluster {
             address: format!("mem-{i}:1"),
         })
         .collect();
-    let nodes = infos
+    let parts: Vec<TestParts> = infos
         .iter()
         .map(|info| {
             let membership =
                 StaticMembership::new(info.clone(), infos.clone()).expect("membership");
             let hints = HintStore::open(Arc::new(MemoryEngine::ephemeral())).expect("hint store");
-            let node = Node::new(
+            let parts = assemble(
                 Arc::new(MemoryEngine::ephemeral()),
                 Arc::new(membership),
-                Arc::new(HashRing::new(150)),
                 Arc::new(net.transport(&info.id)),
                 Some(Arc::new(hints)),
                 settings.clone(),
             );
-            net.register(&info.id, node.clone());
-            node
+            net.register(&info.id, parts.peer.clone());
+            parts
         })
         .collect();
-    Cluster { net, nodes }
+    let nodes = parts.iter().map(|p| p.node.clone()).collect();
+    Cluster { net, nodes, parts }
 }
 
 fn settings(n: usize, r: usize, w: usize) -> NodeSettings {
@@ -99,7 +102,6 @@ impl Cluster {
     async fn local(&self, i: usize, key: &str) -> Option<Record> {
         self.nodes[i]
             .local_record(key.as_bytes())
-            .await
             .expect("local read")
     }
 
@@ -139,8 +141,10 @@ impl Cluster {
 
     async fn replay_all(&self) -> usize {
         let mut n = 0;
-        for node in &self.nodes {
-            n += node.replay_hints_once().await;
+        for parts in &self.parts {
+            if let Some(handoff) = &parts.handoff {
+                n += handoff.replay_once().await;
+            }
         }
         n
     }

@@ -125,20 +125,18 @@ fn main() -> ExitCode {
 /// The ring of the configured members, as `--print-ring` shows it.
 fn ring_report(config: &distkv_node::config::Config) -> Result<String, String> {
     use distkv_network::{Membership, StaticMembership};
-    use distkv_node::ring::{HashRing, Partitioner};
+    use distkv_node::placement::{HashRing, Partitioner};
     let seeds = config.seeds().map_err(|e| e.0)?;
     let membership =
         StaticMembership::new(config.local_node(), seeds).map_err(|e| e.to_string())?;
-    let ring = HashRing::with_topology(
-        config.replication.virtual_nodes as usize,
-        &membership.topology(),
+    let topology = membership.topology();
+    let ring = HashRing::build(
+        topology.version,
+        config.replication.virtual_nodes,
+        &topology.nodes,
     );
     let mut out = String::new();
-    for ((id, share), node) in ring
-        .ownership()
-        .into_iter()
-        .zip(membership.topology().nodes)
-    {
+    for ((id, share), node) in ring.ownership().into_iter().zip(ring.nodes()) {
         out.push_str(&format!(
             "{id:<24} {:<24} {:>7.3}%\n",
             node.address,

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use distkv_engine::{StorageEngine, WriteBatch};
 use tokio::sync::oneshot;
 
+use super::store::decode_stored;
 use crate::error::NodeError;
-use crate::node::decode_stored;
 use crate::version::{ConflictPolicy, Record};
 
 /// Most entries merged into one engine write (a single larger merge still goes whole).
@@ -29,8 +29,14 @@ struct Job {
 }
 
 /// Handle to the writer thread; the thread ends when the handle is dropped.
+///
+/// Its queue holds at most `depth` merges: a merge that finds it full is refused at once
+/// ([`NodeError::Unavailable`], "overloaded"), so a node that cannot keep up with its
+/// writes sheds them (the coordinator then keeps a hint or misses its quorum) instead
+/// of queueing without bound.
 pub(crate) struct StorageWriter {
-    tx: Result<mpsc::Sender<Job>, String>,
+    tx: Result<mpsc::SyncSender<Job>, String>,
+    depth: usize,
 }
 
 impl StorageWriter {
@@ -39,8 +45,10 @@ impl StorageWriter {
         storage: Arc<S>,
         conflict: ConflictPolicy,
         node_id: &str,
+        depth: usize,
     ) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let depth = depth.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Job>(depth);
         let spawned = std::thread::Builder::new()
             .name(format!("storage-writer-{node_id}"))
             .spawn(move || run(&*storage, conflict, rx));
@@ -52,7 +60,7 @@ impl StorageWriter {
                 Err(msg)
             }
         };
-        StorageWriter { tx }
+        StorageWriter { tx, depth }
     }
 
     /// Merges `entries` into local storage; returns once the engine has made the
@@ -63,8 +71,14 @@ impl StorageWriter {
             .as_ref()
             .map_err(|e| NodeError::Unavailable(e.clone()))?;
         let (done, rx) = oneshot::channel();
-        tx.send(Job { entries, done }).map_err(|_| {
-            NodeError::Unavailable("storage writer has stopped (node shutting down)".into())
+        tx.try_send(Job { entries, done }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => NodeError::Unavailable(format!(
+                "node overloaded: {} merges already wait for the storage writer; retry later or add nodes",
+                self.depth
+            )),
+            mpsc::TrySendError::Disconnected(_) => {
+                NodeError::Unavailable("storage writer has stopped (node shutting down)".into())
+            }
         })?;
         rx.await
             .map_err(|_| {

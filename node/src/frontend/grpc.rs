@@ -12,8 +12,9 @@ use distkv_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::node::{BatchEntry, Consistency, Node};
-use crate::ring::Partitioner;
+use crate::api::{BatchEntry, Consistency};
+use crate::coordinator::Node;
+use crate::placement::Partitioner;
 
 /// The `KeyValue` service of one node.
 pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {

@@ -1,6 +1,11 @@
-//! Coalescing of replica writes: while earlier writes to a replica are in flight, new
+//! Per-replica queues: while earlier writes (or reads) to a replica are in flight, new
 //! ones queue up and leave together as one call (one RPC, or one storage write with one
-//! fsync for the local replica). Under light load every write leaves at once, alone.
+//! fsync for the local replica). Under light load every call leaves at once, alone.
+//!
+//! Each queue is bounded: a write or read that finds its replica's queue full is not
+//! queued but answered at once with [`ReplicaError::QueueFull`], which the coordinator
+//! treats as that replica not acknowledging (a write for a remote replica then becomes
+//! a hint).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,31 +13,34 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::ReplicaError;
 use crate::version::Record;
 
 /// Entries of one write: keys and their version records.
 pub type Entries = Vec<(Vec<u8>, Record)>;
 
 /// Sends one coalesced batch; the result applies to every write in it.
-pub type SendBatch =
-    Arc<dyn Fn(Entries) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type SendBatch = Arc<
+    dyn Fn(Entries) -> Pin<Box<dyn Future<Output = Result<(), ReplicaError>> + Send>> + Send + Sync,
+>;
 
 struct Pending {
     entries: Arc<Entries>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), ReplicaError>>,
 }
 
 /// The write queue of one replica.
 #[derive(Clone)]
 pub struct WriteBatcher {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::Sender<Pending>,
 }
 
 impl WriteBatcher {
-    /// Starts the queue: at most `max_in_flight` batches in flight, each of at most about
-    /// `max_entries` entries (a single write larger than that still leaves whole).
-    pub fn spawn(max_in_flight: usize, max_entries: usize, send: SendBatch) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+    /// Starts the queue: at most `depth` writes waiting, at most `max_in_flight` batches
+    /// in flight, each of at most about `max_entries` entries (a single write larger than
+    /// that still leaves whole).
+    pub fn spawn(depth: usize, max_in_flight: usize, max_entries: usize, send: SendBatch) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Pending>(depth.max(1));
         let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -67,14 +75,14 @@ impl WriteBatcher {
         WriteBatcher { tx }
     }
 
-    /// Queues a write and waits for the result of the batch that carried it.
-    pub async fn write(&self, entries: Arc<Entries>) -> Result<(), String> {
+    /// Queues a write and waits for the result of the batch that carried it; a full
+    /// queue refuses it at once.
+    pub async fn write(&self, entries: Arc<Entries>) -> Result<(), ReplicaError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Pending { entries, done })
-            .map_err(|_| "write queue is closed (node shutting down)".to_string())?;
-        rx.await
-            .map_err(|_| "write queue dropped the write (node shutting down)".to_string())?
+            .try_send(Pending { entries, done })
+            .map_err(|e| queue_error(e, self.tx.max_capacity()))?;
+        rx.await.map_err(|_| ReplicaError::ShuttingDown)?
     }
 }
 
@@ -82,27 +90,29 @@ impl WriteBatcher {
 pub type SendReads = Arc<
     dyn Fn(
             Vec<Vec<u8>>,
-        ) -> Pin<Box<dyn Future<Output = Result<Vec<Option<Record>>, String>> + Send>>
+        )
+            -> Pin<Box<dyn Future<Output = Result<Vec<Option<Record>>, ReplicaError>> + Send>>
         + Send
         + Sync,
 >;
 
 struct PendingRead {
     key: Vec<u8>,
-    done: oneshot::Sender<Result<Option<Record>, String>>,
+    done: oneshot::Sender<Result<Option<Record>, ReplicaError>>,
 }
 
 /// The read queue of one replica: like [`WriteBatcher`], reads queued while a call is in
 /// flight leave together as one call, and each gets its own record back.
 #[derive(Clone)]
 pub struct ReadBatcher {
-    tx: mpsc::UnboundedSender<PendingRead>,
+    tx: mpsc::Sender<PendingRead>,
 }
 
 impl ReadBatcher {
-    /// Starts the queue (at most `max_in_flight` calls in flight, `max_keys` keys each).
-    pub fn spawn(max_in_flight: usize, max_keys: usize, send: SendReads) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<PendingRead>();
+    /// Starts the queue (at most `depth` reads waiting, `max_in_flight` calls in
+    /// flight, `max_keys` keys each).
+    pub fn spawn(depth: usize, max_in_flight: usize, max_keys: usize, send: SendReads) -> Self {
+        let (tx, mut rx) = mpsc::channel::<PendingRead>(depth.max(1));
         let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -125,11 +135,11 @@ impl ReadBatcher {
                             }
                         }
                         Ok(records) => {
-                            let e = format!(
-                                "replica answered {} records for {} keys",
+                            let e = ReplicaError::BadAnswer(format!(
+                                "answered {} records for {} keys",
                                 records.len(),
                                 group.len()
-                            );
+                            ));
                             for p in group {
                                 let _ = p.done.send(Err(e.clone()));
                             }
@@ -147,14 +157,20 @@ impl ReadBatcher {
         ReadBatcher { tx }
     }
 
-    /// Queues a read of `key` and waits for its record.
-    pub async fn read(&self, key: Vec<u8>) -> Result<Option<Record>, String> {
+    /// Queues a read of `key` and waits for its record; a full queue refuses it at once.
+    pub async fn read(&self, key: Vec<u8>) -> Result<Option<Record>, ReplicaError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(PendingRead { key, done })
-            .map_err(|_| "read queue is closed (node shutting down)".to_string())?;
-        rx.await
-            .map_err(|_| "read queue dropped the read (node shutting down)".to_string())?
+            .try_send(PendingRead { key, done })
+            .map_err(|e| queue_error(e, self.tx.max_capacity()))?;
+        rx.await.map_err(|_| ReplicaError::ShuttingDown)?
+    }
+}
+
+fn queue_error<T>(e: mpsc::error::TrySendError<T>, depth: usize) -> ReplicaError {
+    match e {
+        mpsc::error::TrySendError::Full(_) => ReplicaError::QueueFull { depth },
+        mpsc::error::TrySendError::Closed(_) => ReplicaError::ShuttingDown,
     }
 }
 
@@ -196,7 +212,7 @@ mod tests {
                 })
             })
         };
-        let batcher = WriteBatcher::spawn(1, 1000, send);
+        let batcher = WriteBatcher::spawn(1024, 1, 1000, send);
         let first = {
             let b = batcher.clone();
             tokio::spawn(async move { b.write(entry(0)).await })
@@ -240,7 +256,7 @@ mod tests {
                 })
             })
         };
-        let batcher = ReadBatcher::spawn(1, 100, send);
+        let batcher = ReadBatcher::spawn(1024, 1, 100, send);
         let reads: Vec<_> = (0u8..50)
             .map(|i| {
                 let b = batcher.clone();
@@ -256,9 +272,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_the_queued_writes_still_finish() {
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let send: SendBatch = Arc::new(move |_| {
+            let mut release = release_rx.clone();
+            Box::pin(async move {
+                let _ = release.wait_for(|r| *r).await;
+                Ok(())
+            })
+        });
+        let batcher = WriteBatcher::spawn(2, 1, 1, send);
+        let writes: Vec<_> = (0..10)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.write(entry(i)).await })
+            })
+            .collect();
+        // Refusals answer without waiting for the blocked batch.
+        let mut refused = 0;
+        let mut accepted = Vec::new();
+        for w in writes {
+            tokio::task::yield_now().await;
+            if w.is_finished() {
+                match w.await.unwrap() {
+                    Err(ReplicaError::QueueFull { depth: 2 }) => refused += 1,
+                    other => panic!("only refusals finish before the release: {other:?}"),
+                }
+            } else {
+                accepted.push(w);
+            }
+        }
+        assert!(
+            refused >= 6,
+            "at most 2 queued + 1 waiting + 1 in flight: {refused}"
+        );
+        release_tx.send(true).unwrap();
+        for w in accepted {
+            match w.await.unwrap() {
+                Ok(()) | Err(ReplicaError::QueueFull { .. }) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_failed_batch_fails_every_write_in_it() {
-        let send: SendBatch = Arc::new(|_| Box::pin(async { Err("peer down".to_string()) }));
-        let batcher = WriteBatcher::spawn(2, 10, send);
-        assert_eq!(batcher.write(entry(1)).await, Err("peer down".to_string()));
+        let send: SendBatch =
+            Arc::new(|_| Box::pin(async { Err(ReplicaError::BadAnswer("peer down".into())) }));
+        let batcher = WriteBatcher::spawn(8, 2, 10, send);
+        assert_eq!(
+            batcher.write(entry(1)).await,
+            Err(ReplicaError::BadAnswer("peer down".into()))
+        );
     }
 }

@@ -1,0 +1,132 @@
+//! The node's public types: consistency levels, read results, batch entries, and
+//! [`NodeSettings`], the one place where the defaults of every replication and limit
+//! setting are written (the configuration's defaults are read from here).
+
+use std::time::Duration;
+
+use crate::version::{ConflictPolicy, VersionVector};
+
+/// How many replicas must answer, per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// The configured R (reads) or W (writes).
+    Default,
+    /// One replica.
+    One,
+    /// A majority of N.
+    Quorum,
+    /// All N replicas.
+    All,
+}
+
+/// When read repair runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadRepair {
+    /// After answering the client.
+    Background,
+    /// Before answering, for the replicas that answered.
+    Blocking,
+    /// Never.
+    Off,
+}
+
+/// The settings the node's subsystems work with. [`NodeSettings::default`] holds the
+/// built-in defaults of the whole product; `config` reads its defaults from it.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// N.
+    pub replicas: usize,
+    /// R.
+    pub read_quorum: usize,
+    /// W.
+    pub write_quorum: usize,
+    /// Tokens per node on the hash ring.
+    pub virtual_nodes: u32,
+    /// Deadline of a request inside the cluster.
+    pub request_timeout: Duration,
+    /// Siblings or last-write-wins.
+    pub conflict: ConflictPolicy,
+    /// When stale replicas are repaired.
+    pub read_repair: ReadRepair,
+    /// Longest key accepted.
+    pub max_key_bytes: usize,
+    /// Largest value accepted.
+    pub max_value_bytes: usize,
+    /// Most entries in one batch.
+    pub max_batch_entries: usize,
+    /// Keep a hint for a replica that did not acknowledge a write.
+    pub hinted_handoff: bool,
+    /// A stored hint counts as an acknowledgement toward W (sloppy quorum).
+    pub hints_count_toward_w: bool,
+    /// How often hints are offered to their targets.
+    pub hint_replay_interval: Duration,
+    /// Most hints sent to one target per replay round (the replay throttle).
+    pub hint_replay_batch: usize,
+    /// Most actors kept in a write's causal context (oldest dropped beyond).
+    pub max_vector_entries: usize,
+    /// Most writes waiting in one replica's queue; a write that finds the queue full is
+    /// not queued (a remote replica's becomes a hint, the local one fails its ack).
+    pub replica_queue_depth: usize,
+    /// Most read-repair tasks running at once; a repair beyond it is skipped (the next
+    /// read of the key finds the replica stale again).
+    pub max_background_repairs: usize,
+    /// How often every member is pinged to feed the failure detector.
+    pub probe_interval: Duration,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            replicas: 1,
+            read_quorum: 1,
+            write_quorum: 1,
+            virtual_nodes: 150,
+            request_timeout: Duration::from_secs(5),
+            conflict: ConflictPolicy::Siblings,
+            read_repair: ReadRepair::Background,
+            max_key_bytes: 64 * 1024,
+            max_value_bytes: 16 * 1024 * 1024,
+            max_batch_entries: 10_000,
+            hinted_handoff: true,
+            hints_count_toward_w: false,
+            hint_replay_interval: Duration::from_secs(1),
+            hint_replay_batch: 512,
+            max_vector_entries: 64,
+            replica_queue_depth: 4096,
+            max_background_repairs: 1024,
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl NodeSettings {
+    /// The defaults with `replicas`/`read_quorum`/`write_quorum` set.
+    pub fn new(replicas: usize, read_quorum: usize, write_quorum: usize) -> Self {
+        NodeSettings {
+            replicas,
+            read_quorum,
+            write_quorum,
+            ..NodeSettings::default()
+        }
+    }
+}
+
+/// The answer to a read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Live sibling values (empty when absent or deleted).
+    pub values: Vec<Vec<u8>>,
+    /// Causal context to hand back on the next write of the key.
+    pub context: VersionVector,
+}
+
+/// One entry of a batch write.
+#[derive(Clone, Debug)]
+pub struct BatchEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (`None` deletes).
+    pub value: Option<Vec<u8>>,
+    /// Causal context bytes from an earlier read (may be empty).
+    pub context: Vec<u8>,
+}

@@ -1,0 +1,454 @@
+//! The coordinator: any node serves any client request by finding the key's replicas,
+//! sending the operation to all of them at once (its own replica straight to the
+//! engine), and answering after the quorum. Replicas that answer later still apply the
+//! write; a remote replica that does not acknowledge gets a hint.
+//!
+//! [`Node`] is generic over the four pluggable parts (storage engine, membership,
+//! partitioner, transport) and knows nothing of which implementations it was given. It
+//! holds handles to the subsystems it uses — placement, replicas, handoff — and reaches
+//! into none of their fields.
+
+mod clock;
+pub mod quorum;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distkv_engine::{EngineStats, StorageEngine};
+use distkv_network::{Liveness, Membership, NodeInfo, Transport};
+use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+
+use crate::api::{BatchEntry, Consistency, NodeSettings, ReadRepair, ReadResult};
+use crate::error::NodeError;
+use crate::handoff::Handoff;
+use crate::placement::{Partitioner, Placement, WriteSets};
+use crate::replica::{Entries, Replicas};
+use crate::version::{Dot, Record, VersionVector};
+use clock::DotClock;
+use quorum::{collect, not_reached, required, QuorumTracker};
+
+/// Most entries of one batch being written at once (well under the replica queues'
+/// bound, so a batch never fills a queue by itself).
+const BATCH_IN_FLIGHT: usize = 512;
+
+/// The subsystems a coordinator works with.
+pub struct NodeParts<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
+    /// Who is in the cluster.
+    pub membership: Arc<M>,
+    /// Which nodes hold which keys.
+    pub placement: Arc<Placement<P>>,
+    /// How replicas are reached.
+    pub replicas: Arc<Replicas<S, T>>,
+    /// Hinted handoff, when enabled.
+    pub handoff: Option<Arc<Handoff<S, M, T>>>,
+}
+
+/// A DistKV node's coordinator.
+pub struct Node<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
+    local: NodeInfo,
+    membership: Arc<M>,
+    placement: Arc<Placement<P>>,
+    replicas: Arc<Replicas<S, T>>,
+    handoff: Option<Arc<Handoff<S, M, T>>>,
+    settings: NodeSettings,
+    clock: DotClock,
+    started: Instant,
+    /// Bounds the read-repair tasks running at once.
+    repairs: Arc<Semaphore>,
+}
+
+impl<S, M, P, T> Node<S, M, P, T>
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    /// A coordinator over `parts`.
+    pub fn new(parts: NodeParts<S, M, P, T>, settings: NodeSettings) -> Arc<Self> {
+        Arc::new(Node {
+            local: parts.membership.local().clone(),
+            membership: parts.membership,
+            placement: parts.placement,
+            replicas: parts.replicas,
+            handoff: parts.handoff,
+            repairs: Arc::new(Semaphore::new(settings.max_background_repairs.max(1))),
+            settings,
+            clock: DotClock::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// This node.
+    pub fn local(&self) -> &NodeInfo {
+        &self.local
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    /// Time since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The members and their liveness.
+    pub fn members(&self) -> Vec<(NodeInfo, Liveness)> {
+        self.membership
+            .topology()
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let l = self.membership.liveness(&n.id);
+                (n, l)
+            })
+            .collect()
+    }
+
+    /// Statistics of the local storage engine, plus the pending hints.
+    pub fn storage_stats(&self) -> EngineStats {
+        let mut stats = self.replicas.store().stats();
+        if let Some(h) = &self.handoff {
+            stats.set("hints.pending", h.store().total_pending());
+        }
+        stats
+    }
+
+    /// Hints held for other nodes, per target.
+    pub fn pending_hints(&self) -> Vec<(String, u64)> {
+        self.handoff
+            .as_ref()
+            .map(|h| h.store().pending())
+            .unwrap_or_default()
+    }
+
+    /// Reads the local record of `key` (for tests and tools).
+    pub fn local_record(&self, key: &[u8]) -> Result<Option<Record>, NodeError> {
+        self.replicas.store().get(key)
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), NodeError> {
+        if key.is_empty() {
+            return Err(NodeError::InvalidArgument(
+                "key is empty: keys must be 1 byte or longer".into(),
+            ));
+        }
+        if key.len() > self.settings.max_key_bytes {
+            return Err(NodeError::InvalidArgument(format!(
+                "key is {} bytes, over the limit of {} bytes (limits.max_key_bytes)",
+                key.len(),
+                self.settings.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), NodeError> {
+        if value.len() > self.settings.max_value_bytes {
+            return Err(NodeError::InvalidArgument(format!(
+                "value is {} bytes, over the limit of {} bytes (limits.max_value_bytes)",
+                value.len(),
+                self.settings.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn parse_context(context: &[u8]) -> Result<VersionVector, NodeError> {
+        VersionVector::from_context(context).map_err(|e| {
+            NodeError::InvalidArgument(format!(
+                "context is not valid ({e}): pass the context returned by a Get of this key unchanged, or none"
+            ))
+        })
+    }
+
+    fn now_record(&self, mut context: VersionVector, value: Option<Vec<u8>>) -> Record {
+        context.prune(self.settings.max_vector_entries);
+        let counter = self.clock.next(context.get(&self.local.id));
+        let dot = Dot {
+            actor: self.local.id.clone(),
+            counter,
+        };
+        Record::write(dot, context, counter / 1000, value)
+    }
+
+    /// The replicas a write of `key` must reach and the acknowledgements it needs.
+    fn write_plan(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<(WriteSets, usize), NodeError> {
+        let n = self.settings.replicas;
+        let sets = self.placement.current().write_sets(key, n);
+        let needed = required(consistency, self.settings.write_quorum, n, sets.min_len())?;
+        Ok((sets, needed))
+    }
+
+    /// Stores `value` under `key` (`None` deletes) and returns the new causal context.
+    pub async fn put(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        context: &[u8],
+        consistency: Consistency,
+    ) -> Result<VersionVector, NodeError> {
+        self.check_key(&key)?;
+        if let Some(v) = &value {
+            self.check_value(v)?;
+        }
+        let context = Self::parse_context(context)?;
+        let (sets, needed) = self.write_plan(&key, consistency)?;
+        let record = self.now_record(context, value);
+        let new_context = record.context();
+        self.replicate(sets, vec![(key, record)], needed).await?;
+        Ok(new_context)
+    }
+
+    /// Writes several entries; the whole request is validated before anything is written,
+    /// then each entry is an independent write. Returns each entry's new context.
+    pub async fn batch(
+        self: &Arc<Self>,
+        entries: Vec<BatchEntry>,
+        consistency: Consistency,
+    ) -> Result<Vec<VersionVector>, NodeError> {
+        if entries.len() > self.settings.max_batch_entries {
+            return Err(NodeError::InvalidArgument(format!(
+                "batch has {} entries, over the limit of {} (limits.max_batch_entries): split it",
+                entries.len(),
+                self.settings.max_batch_entries
+            )));
+        }
+        let mut prepared = Vec::with_capacity(entries.len());
+        for (i, e) in entries.into_iter().enumerate() {
+            let at = |err: NodeError| match err {
+                NodeError::InvalidArgument(m) => {
+                    NodeError::InvalidArgument(format!("batch entry {i}: {m}"))
+                }
+                other => other,
+            };
+            self.check_key(&e.key).map_err(at)?;
+            if let Some(v) = &e.value {
+                self.check_value(v).map_err(at)?;
+            }
+            let ctx = Self::parse_context(&e.context).map_err(at)?;
+            let (sets, needed) = self.write_plan(&e.key, consistency)?;
+            prepared.push((e.key, e.value, ctx, sets, needed));
+        }
+        let writes = prepared.into_iter().map(|(key, value, ctx, sets, needed)| {
+            let record = self.now_record(ctx, value);
+            let new_context = record.context();
+            async move {
+                self.replicate(sets, vec![(key, record)], needed).await?;
+                Ok::<_, NodeError>(new_context)
+            }
+        });
+        // At most BATCH_IN_FLIGHT entries are in the replica queues at once, so that one
+        // large batch cannot fill them (they are bounded) and fail its own writes.
+        futures::stream::iter(writes)
+            .buffered(BATCH_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    /// Reads `key`: the merged live siblings of at least R replicas and their context.
+    pub async fn get(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<ReadResult, NodeError> {
+        self.check_key(&key)?;
+        let n = self.settings.replicas;
+        let replicas = self.placement.current().read_replicas(&key, n);
+        let needed = required(consistency, self.settings.read_quorum, n, replicas.len())?;
+        // The replica reads are polled right here rather than spawned: the local read
+        // answers on the first poll, and the remote ones wait in their replica's queue.
+        // Only what is still outstanding at the quorum moves to a task (for repair).
+        let mut pending: FuturesUnordered<_> = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, replica)| {
+                let (via, replica, key) = (self.replicas.clone(), replica.clone(), key.clone());
+                async move { (i, via.read(&replica, key).await) }
+            })
+            .collect();
+        let mut tracker = QuorumTracker::single(replicas.len(), needed);
+        let (answers, failures) = collect(
+            &mut pending,
+            &mut tracker,
+            self.settings.request_timeout,
+            |i| replicas[i].id.clone(),
+        )
+        .await;
+        if !tracker.reached() {
+            return Err(not_reached(answers.len(), needed, &failures));
+        }
+        let mut merged = Record::default();
+        for (_, r) in answers.iter() {
+            if let Some(r) = r {
+                merged.merge(r);
+            }
+        }
+        merged.resolve(self.settings.conflict);
+        let mut answers: Vec<(NodeInfo, Option<Record>)> = answers
+            .into_iter()
+            .map(|(i, r)| (replicas[i].clone(), r))
+            .collect();
+        match self.settings.read_repair {
+            ReadRepair::Off => {}
+            ReadRepair::Blocking => {
+                self.repair(&key, &merged, &answers).await;
+            }
+            ReadRepair::Background if pending.is_empty() => {
+                if answers.iter().any(|(_, r)| r.as_ref() != Some(&merged)) {
+                    let (node, merged) = (self.clone(), merged.clone());
+                    self.spawn_repair(async move { node.repair(&key, &merged, &answers).await });
+                }
+            }
+            ReadRepair::Background => {
+                let (node, mut merged) = (self.clone(), merged.clone());
+                self.spawn_repair(async move {
+                    // Wait for the replicas that had not answered yet, then repair all.
+                    let late = async {
+                        while let Some((i, result)) = pending.next().await {
+                            if let Ok(record) = result {
+                                if let Some(r) = &record {
+                                    merged.merge(r);
+                                }
+                                answers.push((replicas[i].clone(), record));
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(node.settings.request_timeout, late).await;
+                    merged.resolve(node.settings.conflict);
+                    node.repair(&key, &merged, &answers).await;
+                });
+            }
+        }
+        Ok(ReadResult {
+            values: merged.values().map(<[u8]>::to_vec).collect(),
+            context: merged.context(),
+        })
+    }
+
+    /// Runs a read repair in the background, unless `max_background_repairs` are
+    /// already running (then the repair is skipped: a later read finds the replica
+    /// stale again).
+    fn spawn_repair(&self, repair: impl std::future::Future<Output = ()> + Send + 'static) {
+        match self.repairs.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    repair.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => tracing::debug!("read repair skipped: too many repairs running"),
+        }
+    }
+
+    /// Sends `merged` to every replica whose answer differs from it.
+    async fn repair(
+        self: &Arc<Self>,
+        key: &[u8],
+        merged: &Record,
+        answers: &[(NodeInfo, Option<Record>)],
+    ) {
+        let stale: Vec<NodeInfo> = answers
+            .iter()
+            .filter(|(_, r)| r.as_ref() != Some(merged))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if stale.is_empty() || merged.siblings.is_empty() && merged.seen.is_empty() {
+            return;
+        }
+        tracing::debug!(key_len = key.len(), stale = stale.len(), "read repair");
+        let needed = stale.len();
+        let sets = WriteSets {
+            current: stale,
+            pending: None,
+        };
+        if let Err(e) = self
+            .replicate(sets, vec![(key.to_vec(), merged.clone())], needed)
+            .await
+        {
+            tracing::warn!(key_len = key.len(), error = %e, "read repair incomplete");
+        }
+    }
+
+    /// Sends `entries` to every replica of `sets` at once and waits until each set has
+    /// `needed` acknowledgements, or the deadline. Replicas that answer after this
+    /// returns still apply the write.
+    async fn replicate(
+        self: &Arc<Self>,
+        sets: WriteSets,
+        entries: Vec<(Vec<u8>, Record)>,
+        needed: usize,
+    ) -> Result<(), NodeError> {
+        let entries = Arc::new(entries);
+        let all = sets.all();
+        let member_of: Vec<u8> = all
+            .iter()
+            .map(|n| {
+                let in_current = sets.current.iter().any(|c| c.id == n.id);
+                let in_pending = sets.pending.iter().flatten().any(|p| p.id == n.id);
+                u8::from(in_current) | (u8::from(in_pending) << 1)
+            })
+            .collect();
+        let mut tracker =
+            QuorumTracker::new(member_of, 1 + usize::from(sets.pending.is_some()), needed);
+        // Polled here rather than spawned (the local write and the remote ones wait in
+        // their replica queues); whatever is outstanding at the quorum is handed to a
+        // task, so every replica still gets the write. Such tasks end by the request
+        // deadline at the latest (every replica call is bounded by it).
+        let mut pending: FuturesUnordered<_> = all
+            .iter()
+            .enumerate()
+            .map(|(i, replica)| {
+                let (node, replica, entries) = (self.clone(), replica.clone(), entries.clone());
+                async move { (i, node.write_replica(&replica, entries).await) }
+            })
+            .collect();
+        let (_, failures) = collect(
+            &mut pending,
+            &mut tracker,
+            self.settings.request_timeout,
+            |i| all[i].id.clone(),
+        )
+        .await;
+        if !pending.is_empty() {
+            tokio::spawn(async move { while pending.next().await.is_some() {} });
+        }
+        if !tracker.reached() {
+            return Err(not_reached(tracker.acks(), needed, &failures));
+        }
+        Ok(())
+    }
+
+    /// Writes to one replica through its queue. When a remote replica fails, the write
+    /// becomes a durable hint (if enabled); with `hints_count_toward_w` the stored hint
+    /// is the acknowledgement.
+    async fn write_replica(&self, replica: &NodeInfo, entries: Arc<Entries>) -> Result<(), String> {
+        let error = match self.replicas.write(replica, entries.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        tracing::debug!(peer = %replica, error = %error, "replica write failed");
+        let handoff = match &self.handoff {
+            Some(h) if !self.replicas.is_local(replica) && self.settings.hinted_handoff => h,
+            _ => return Err(error.to_string()),
+        };
+        match handoff.keep(replica, entries).await {
+            Ok(()) => {
+                tracing::debug!(peer = %replica, "write kept as a hint");
+                if self.settings.hints_count_toward_w {
+                    Ok(())
+                } else {
+                    Err(format!("{error} (kept as a hint)"))
+                }
+            }
+            Err(e) => Err(format!("{error}; the hint could not be stored either: {e}")),
+        }
+    }
+}

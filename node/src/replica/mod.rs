@@ -1,0 +1,248 @@
+//! The replica side of the node, and how the coordinator reaches any replica.
+//!
+//! * [`ReplicaStore`]: this node's records in its storage engine (token-ordered keys,
+//!   one writer thread for every merge, range scans).
+//! * [`Replicas`]: the coordinator's handle on every replica, this node's own included:
+//!   reads and writes go through bounded per-replica queues that coalesce calls.
+//! * [`PeerEndpoint`]: what this node answers when a peer calls it.
+
+mod handler;
+pub mod keys;
+mod queues;
+mod store;
+mod writer;
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use distkv_engine::StorageEngine;
+use distkv_network::{NodeInfo, Transport, TransportError};
+use distkv_proto::v1::{KeyRecord, PeerReadRequest, PingRequest, ReplicateRequest};
+
+pub use handler::PeerEndpoint;
+pub use queues::Entries;
+use queues::{ReadBatcher, SendBatch, SendReads, WriteBatcher};
+pub use store::{RangePage, ReplicaStore};
+
+use crate::version::Record;
+
+/// Why one replica did not answer a read or acknowledge a write.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The replica's queue on this node was full; the call was not made.
+    #[error("its queue on this node is full ({depth} calls waiting): the replica is slow or the node overloaded")]
+    QueueFull {
+        /// The queue's bound.
+        depth: usize,
+    },
+    /// The peer call failed.
+    #[error("{0}")]
+    Peer(TransportError),
+    /// This node's own storage failed the call.
+    #[error("local storage: {0}")]
+    Local(String),
+    /// The replica answered something that cannot be right.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// How the coordinator reaches replicas, this node's own included.
+pub struct Replicas<S: StorageEngine + ?Sized, T: Transport> {
+    local: NodeInfo,
+    store: Arc<ReplicaStore<S>>,
+    transport: Arc<T>,
+    timeout: Duration,
+    queue_depth: usize,
+    this: Weak<Self>,
+    writes: DashMap<String, WriteBatcher>,
+    reads: DashMap<String, ReadBatcher>,
+}
+
+/// Most entries coalesced into one replica write call, and keys into one read call.
+const MAX_COALESCED: usize = 1024;
+
+impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
+    /// Replicas reached from `local`: its own through `store`, the others through
+    /// `transport`, every call bounded by `timeout`, every queue by `queue_depth`.
+    pub fn new(
+        local: NodeInfo,
+        store: Arc<ReplicaStore<S>>,
+        transport: Arc<T>,
+        timeout: Duration,
+        queue_depth: usize,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Replicas {
+            local,
+            store,
+            transport,
+            timeout,
+            queue_depth,
+            this: this.clone(),
+            writes: DashMap::new(),
+            reads: DashMap::new(),
+        })
+    }
+
+    /// This node's own records.
+    pub fn store(&self) -> &Arc<ReplicaStore<S>> {
+        &self.store
+    }
+
+    /// Whether `replica` is this node.
+    pub fn is_local(&self, replica: &NodeInfo) -> bool {
+        replica.id == self.local.id
+    }
+
+    /// Writes `entries` to `replica` through its queue (coalesced with other writes
+    /// waiting for it); returns once the replica made them durable.
+    pub async fn write(
+        &self,
+        replica: &NodeInfo,
+        entries: Arc<Entries>,
+    ) -> Result<(), ReplicaError> {
+        self.write_queue(replica).write(entries).await
+    }
+
+    /// Reads the record of `key` from `replica`: this node's own inline, a remote one
+    /// through its queue (coalesced with other reads waiting for it).
+    pub async fn read(
+        &self,
+        replica: &NodeInfo,
+        key: Vec<u8>,
+    ) -> Result<Option<Record>, ReplicaError> {
+        if self.is_local(replica) {
+            return self
+                .store
+                .get(&key)
+                .map_err(|e| ReplicaError::Local(e.to_string()));
+        }
+        self.read_queue(replica).read(key).await
+    }
+
+    /// Sends `entries` to `replica` now, in one call, bypassing its queue (for hint
+    /// delivery and the queues themselves).
+    pub async fn send(&self, replica: &NodeInfo, entries: Entries) -> Result<(), ReplicaError> {
+        if self.is_local(replica) {
+            return self
+                .store
+                .merge(entries)
+                .await
+                .map_err(|e| ReplicaError::Local(e.to_string()));
+        }
+        let request = ReplicateRequest {
+            from_node: self.local.id.clone(),
+            records: entries
+                .iter()
+                .map(|(k, r)| KeyRecord {
+                    key: k.clone().into(),
+                    record: r.encode().into(),
+                })
+                .collect(),
+        };
+        self.transport
+            .replicate(replica, request, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(ReplicaError::Peer)
+    }
+
+    /// Whether `replica` answers a ping.
+    pub async fn ping(&self, replica: &NodeInfo) -> Result<(), ReplicaError> {
+        let ping = PingRequest {
+            from_node: self.local.id.clone(),
+        };
+        self.transport
+            .ping(replica, ping, self.timeout)
+            .await
+            .map(|_| ())
+            .map_err(ReplicaError::Peer)
+    }
+
+    /// Reads `keys` from a remote replica in one call.
+    async fn fetch(
+        &self,
+        replica: &NodeInfo,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<Record>>, ReplicaError> {
+        let n = keys.len();
+        let request = PeerReadRequest {
+            from_node: self.local.id.clone(),
+            keys: keys.into_iter().map(Into::into).collect(),
+        };
+        let response = self
+            .transport
+            .read(replica, request, self.timeout)
+            .await
+            .map_err(ReplicaError::Peer)?;
+        if response.records.len() != n {
+            return Err(ReplicaError::BadAnswer(format!(
+                "{} answered {} records for {n} keys",
+                replica.id,
+                response.records.len()
+            )));
+        }
+        response
+            .records
+            .into_iter()
+            .map(|kr| {
+                if kr.record.is_empty() {
+                    return Ok(None);
+                }
+                Record::decode(&kr.record).map(Some).map_err(|e| {
+                    ReplicaError::BadAnswer(format!("{} sent a bad record: {e}", replica.id))
+                })
+            })
+            .collect()
+    }
+
+    /// The write queue of `replica`, started on first use.
+    fn write_queue(&self, replica: &NodeInfo) -> WriteBatcher {
+        queue_for(&self.writes, replica, || {
+            let weak = self.this.clone();
+            let target = replica.clone();
+            let send: SendBatch = Arc::new(move |entries: Entries| {
+                let (weak, target) = (weak.clone(), target.clone());
+                Box::pin(async move { alive(&weak)?.send(&target, entries).await })
+            });
+            WriteBatcher::spawn(self.queue_depth, 1, MAX_COALESCED, send)
+        })
+    }
+
+    /// The read queue of `replica`, started on first use.
+    fn read_queue(&self, replica: &NodeInfo) -> ReadBatcher {
+        queue_for(&self.reads, replica, || {
+            let weak = self.this.clone();
+            let target = replica.clone();
+            let send: SendReads = Arc::new(move |keys: Vec<Vec<u8>>| {
+                let (weak, target) = (weak.clone(), target.clone());
+                Box::pin(async move { alive(&weak)?.fetch(&target, keys).await })
+            });
+            ReadBatcher::spawn(self.queue_depth, 1, MAX_COALESCED, send)
+        })
+    }
+}
+
+/// The queue of `replica` in `queues`, started by `spawn` on first use.
+fn queue_for<Q: Clone>(
+    queues: &DashMap<String, Q>,
+    replica: &NodeInfo,
+    spawn: impl FnOnce() -> Q,
+) -> Q {
+    if let Some(q) = queues.get(&replica.id) {
+        return q.clone();
+    }
+    queues
+        .entry(replica.id.clone())
+        .or_insert_with(spawn)
+        .clone()
+}
+
+/// The owner of a queue's weak handle, unless it is gone (shutting down).
+fn alive<N>(weak: &Weak<N>) -> Result<Arc<N>, ReplicaError> {
+    weak.upgrade().ok_or(ReplicaError::ShuttingDown)
+}

@@ -1,0 +1,246 @@
+//! Start-up: the one function that turns a [`Config`] into a running node.
+//!
+//! Nothing outside this module knows which storage engine, membership, partitioner or
+//! transport was chosen: [`run`] names the implementations the configuration asks for
+//! and hands them to the generic [`assemble`](crate::assembly::assemble).
+
+mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use distkv_engine::StorageEngine;
+use distkv_network::{GrpcTransport, Membership, PeerService, StaticMembership, Transport};
+use distkv_proto::v1::key_value_server::KeyValueServer;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{NodeSettings, ReadRepair};
+use crate::assembly::{assemble, Assembled};
+use crate::config::{Config, ConflictMode, MembershipKind, ReadRepairMode, TransportKind};
+use crate::frontend::KeyValueService;
+use crate::placement::{HashRing, Partitioner};
+use crate::supervisor::Supervisor;
+use crate::version::ConflictPolicy;
+
+pub use storage::{check_data_format, open_storage, DATA_FORMAT};
+
+/// The node could not start; the message names what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartupError(pub String);
+
+/// The node's settings from the configuration.
+pub fn settings(config: &Config) -> NodeSettings {
+    let r = &config.replication;
+    NodeSettings {
+        replicas: r.replicas as usize,
+        read_quorum: r.read_quorum as usize,
+        write_quorum: r.write_quorum as usize,
+        virtual_nodes: r.virtual_nodes,
+        request_timeout: r.request_timeout,
+        conflict: match r.conflict {
+            ConflictMode::Siblings => ConflictPolicy::Siblings,
+            ConflictMode::Lww => ConflictPolicy::LastWriteWins,
+        },
+        read_repair: match r.read_repair {
+            ReadRepairMode::Background => ReadRepair::Background,
+            ReadRepairMode::Blocking => ReadRepair::Blocking,
+            ReadRepairMode::Off => ReadRepair::Off,
+        },
+        max_key_bytes: config.limits.max_key_bytes,
+        max_value_bytes: config.limits.max_value_bytes,
+        max_batch_entries: config.limits.max_batch_entries,
+        hinted_handoff: r.hinted_handoff,
+        hints_count_toward_w: r.hints_count_toward_w,
+        hint_replay_interval: r.hint_replay_interval,
+        hint_replay_batch: r.hint_replay_batch,
+        max_vector_entries: r.max_vector_entries,
+        ..NodeSettings::default()
+    }
+}
+
+/// Builds the node from `config`, serves it until `shutdown` completes, then stops
+/// accepting, lets in-flight requests finish (up to `shutdown_timeout`), stops the
+/// background tasks, makes every write durable and closes storage.
+///
+/// This is the one place that names implementations: the storage engine (by
+/// `storage.engine`), the membership (by `membership.kind`) and the transport (by
+/// `transport.kind`); everything past it is generic.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let settings = settings(&config);
+    let membership = match config.membership.kind {
+        MembershipKind::Static => {
+            let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
+            StaticMembership::new(config.local_node(), seeds)
+                .map_err(|e| StartupError(e.to_string()))?
+        }
+    };
+    let transport = match config.transport.kind {
+        TransportKind::Grpc => {
+            GrpcTransport::new(Duration::from_secs(2).min(config.replication.request_timeout))
+        }
+    };
+    launch::<_, HashRing, _>(config, settings, membership, transport, shutdown).await
+}
+
+/// Opens the node's files, wires the node over the chosen membership and transport, and
+/// serves it.
+async fn launch<M, P, T>(
+    config: Config,
+    settings: NodeSettings,
+    membership: M,
+    transport: T,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError>
+where
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    let listen = config
+        .listen_addr()
+        .map_err(|e| StartupError(format!("invalid setting address = {}: {e}", config.address)))?;
+    let members = membership.topology().nodes.len();
+    if settings.replicas > members {
+        tracing::warn!(
+            replicas = settings.replicas,
+            members,
+            "fewer members than replicas: each key is stored on every member until more nodes join"
+        );
+    }
+    // Bind before opening storage, so a busy port fails fast and leaves the data alone.
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        StartupError(format!("cannot listen on {listen} (setting address): {e}; choose a free port or stop the other process"))
+    })?;
+    // Held for the life of the process: a second node on the same data directory would
+    // interleave its writes with ours.
+    let _data_dir_lock = storage::lock_data_dir(&config.data_dir)?;
+    check_data_format(&config.data_dir)?;
+    let (engine, engine_name) = open_storage(&config)?;
+    let hints = storage::open_hints(&config)?;
+    let local = membership.local().clone();
+    let parts: Assembled<dyn StorageEngine, M, P, T> = assemble(
+        engine,
+        Arc::new(membership),
+        Arc::new(transport),
+        hints,
+        settings,
+    );
+    let supervisor = Supervisor::new();
+    parts.start_background(&supervisor);
+    tracing::info!(
+        node_id = %local.id,
+        address = %listen,
+        advertise = %local.address,
+        engine = %engine_name,
+        replicas = config.replication.replicas,
+        read_quorum = config.replication.read_quorum,
+        write_quorum = config.replication.write_quorum,
+        "distkv node listening"
+    );
+    let served = serve(&parts, listener, &config, engine_name, shutdown).await;
+    let late = supervisor.shutdown(config.shutdown_timeout).await;
+    if !late.is_empty() {
+        tracing::warn!(tasks = ?late, "background tasks were aborted at shutdown");
+    }
+    close(&parts).await?;
+    served
+}
+
+/// Serves the client and peer services until `shutdown`, then lets in-flight requests
+/// finish (up to `shutdown_timeout`).
+async fn serve<M, P, T>(
+    parts: &Assembled<dyn StorageEngine, M, P, T>,
+    listener: tokio::net::TcpListener,
+    config: &Config,
+    engine_name: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError>
+where
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    let message_limit =
+        (config.limits.max_value_bytes + config.limits.max_key_bytes) * 2 + (1 << 20);
+    let kv = KeyValueServer::new(KeyValueService::new(
+        parts.node.clone(),
+        engine_name,
+        config.replication.virtual_nodes,
+    ))
+    .max_decoding_message_size(message_limit.max(64 << 20))
+    .max_encoding_message_size(usize::MAX);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(distkv_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartupError(format!("cannot build the gRPC reflection service: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+        let _ = stopping_tx.send(());
+        let _ = stop_tx.send(());
+    });
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(kv)
+        .add_service(PeerService::server(parts.peer.clone()))
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
+    let timeout = config.shutdown_timeout;
+    tokio::pin!(server);
+    let served = tokio::select! {
+        res = &mut server => res,
+        _ = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(timeout).await;
+        } => {
+            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "in-flight requests did not finish before the shutdown deadline");
+            Ok(())
+        }
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "server failed");
+    }
+    Ok(())
+}
+
+/// Makes every write and hint durable, then closes storage.
+async fn close<M, P, T>(parts: &Assembled<dyn StorageEngine, M, P, T>) -> Result<(), StartupError>
+where
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    let store = parts.store.clone();
+    let hints = parts.handoff.as_ref().map(|h| h.store().clone());
+    crate::util::blocking(move || {
+        store.flush()?;
+        if let Some(h) = &hints {
+            h.flush()?;
+        }
+        store.close()?;
+        if let Some(h) = &hints {
+            h.close()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| {
+        StartupError(format!(
+            "could not make writes durable and close storage at shutdown: {e}"
+        ))
+    })?;
+    tracing::info!("storage flushed and closed; bye");
+    Ok(())
+}
