@@ -1,7 +1,10 @@
 //! How DistKV nodes find and call each other.
 //!
-//! * [`Membership`]: who is in the cluster (the topology, explicit and versioned) and who
-//!   answers now (liveness). [`StaticMembership`] is the fixed-list implementation.
+//! * [`Membership`]: who is in the cluster (the [`Layout`]: explicit, versioned, changed
+//!   only by a join, a decommission or a removal) and who answers now ([`Liveness`], from
+//!   a sans-IO phi accrual detector, [`LivenessTable`]). Changes arrive as
+//!   [`MembershipEvent`]s. [`StaticMembership`] is the fixed-list implementation;
+//!   [`probe_members`] is the ping round that feeds its failure detector.
 //! * [`Transport`]: how a node calls a peer's [`PeerHandler`]. Every call is one
 //!   envelope ([`PeerRequest`] / [`PeerResponse`]); [`PeerRpc`] types the calls and
 //!   [`TransportExt::call`] makes them; failures are a typed [`PeerError`].
@@ -9,7 +12,7 @@
 //!   connects nodes inside one process, with injected faults, for deterministic cluster
 //!   tests.
 //!
-//! Liveness never rewrites the topology: a dead node keeps its place in the ring until an
+//! Liveness never rewrites the layout: a dead node keeps its place in the ring until an
 //! operator removes it.
 
 #![deny(missing_docs)]
@@ -21,7 +24,9 @@ mod transport;
 
 pub use grpc::{GrpcTransport, PeerService};
 pub use membership::{
-    parse_seed, Liveness, Membership, MembershipError, NodeInfo, StaticMembership, Topology,
+    parse_seed, probe_members, Contact, DetectorSettings, Layout, LayoutError, Liveness,
+    LivenessTable, LivenessView, Member, MemberState, Membership, MembershipError, MembershipEvent,
+    NodeInfo, PhiDetector, StaticMembership, Succession, EVENT_CAPACITY,
 };
 pub use memory::{InMemoryNetwork, InMemoryTransport};
 pub use transport::{
