@@ -2,7 +2,7 @@
 //!
 //! Every peer call travels in one envelope, [`PeerRequest`] / [`PeerResponse`], whose
 //! `body` oneof names the call. [`PeerRpc`] ties a request message to its response
-//! message; the [`peer_rpcs!`] list below declares every call, so adding one means adding
+//! message; the `peer_rpcs!` list below declares every call, so adding one means adding
 //! a variant to the proto oneofs and a line to that list, nothing else.
 
 use std::time::Duration;
@@ -274,7 +274,7 @@ pub trait Transport: Send + Sync + 'static {
 #[async_trait]
 pub trait TransportExt: Transport {
     /// Sends `request` to `to` and returns the matching response. A response of another
-    /// call is [`PeerError::Failed`] ("answered <got> to a <NAME> request").
+    /// call is [`PeerError::Failed`] (`"answered <got> to a <NAME> request"`).
     async fn call<R: PeerRpc>(
         &self,
         to: &NodeInfo,
