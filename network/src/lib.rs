@@ -1,12 +1,18 @@
 //! How DistKV nodes find and call each other.
 //!
-//! * [`Membership`]: who is in the cluster (the topology, explicit and versioned) and who
-//!   answers now (liveness). [`StaticMembership`] is the fixed-list implementation.
-//! * [`Transport`]: how a node calls a peer's [`PeerHandler`]. [`GrpcTransport`] speaks
-//!   the `distkv.v1.Peer` gRPC service; [`InMemoryNetwork`] connects nodes inside one
-//!   process, with injected faults, for deterministic cluster tests.
+//! * [`Membership`]: who is in the cluster (the [`Layout`]: explicit, versioned, changed
+//!   only by a join, a decommission or a removal) and who answers now ([`Liveness`], from
+//!   a sans-IO phi accrual detector, [`LivenessTable`]). Changes arrive as
+//!   [`MembershipEvent`]s. [`StaticMembership`] is the fixed-list implementation;
+//!   [`probe_members`] is the ping round that feeds its failure detector.
+//! * [`Transport`]: how a node calls a peer's [`PeerHandler`]. Every call is one
+//!   envelope ([`PeerRequest`] / [`PeerResponse`]); [`PeerRpc`] types the calls and
+//!   [`TransportExt::call`] makes them; failures are a typed [`PeerError`].
+//!   [`GrpcTransport`] speaks the `distkv.v1.Peer` gRPC service; [`InMemoryNetwork`]
+//!   connects nodes inside one process, with injected faults, for deterministic cluster
+//!   tests.
 //!
-//! Liveness never rewrites the topology: a dead node keeps its place in the ring until an
+//! Liveness never rewrites the layout: a dead node keeps its place in the ring until an
 //! operator removes it.
 
 #![deny(missing_docs)]
@@ -18,7 +24,13 @@ mod transport;
 
 pub use grpc::{GrpcTransport, PeerService};
 pub use membership::{
-    parse_seed, Liveness, Membership, MembershipError, NodeInfo, StaticMembership, Topology,
+    parse_seed, probe_members, Contact, DetectorSettings, Layout, LayoutError, Liveness,
+    LivenessTable, LivenessView, Member, MemberState, Membership, MembershipError, MembershipEvent,
+    NodeInfo, PhiDetector, StaticMembership, Succession, EVENT_CAPACITY,
 };
 pub use memory::{InMemoryNetwork, InMemoryTransport};
-pub use transport::{PeerHandler, Transport, TransportError};
+pub use transport::{
+    peer_request, peer_response, range_checksum, request_name, response_name, HandlerError,
+    PeerError, PeerHandler, PeerRequest, PeerResponse, PeerRpc, Transport, TransportExt,
+    DEFAULT_MAX_MESSAGE_BYTES,
+};

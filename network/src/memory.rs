@@ -3,21 +3,23 @@
 //! Every node of a test cluster registers its [`PeerHandler`] on one [`InMemoryNetwork`]
 //! and gets an [`InMemoryTransport`] bound to its own id. Faults are set on the network:
 //! a node taken down, a link cut in one direction, a partition into groups, a delay.
-//! A call across a fault fails at once with [`TransportError::Unreachable`], so tests need
+//! A call across a fault fails at once with [`PeerError::Unreachable`], so tests need
 //! no sleeps; a delay uses `tokio::time::sleep` (pair it with a paused tokio clock).
+//! Every call, whatever its kind, goes through the same faults.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use distkv_proto::v1::{
-    PeerReadRequest, PeerReadResponse, PingRequest, PingResponse, ReplicateRequest,
-    ReplicateResponse,
-};
-use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::{NodeInfo, PeerHandler, Transport, TransportError};
+use async_trait::async_trait;
+use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse};
+use parking_lot::RwLock;
+use prost::Message;
+
+use crate::transport::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::{NodeInfo, PeerError, PeerHandler, Transport};
 
 #[derive(Default)]
 struct Faults {
@@ -48,17 +50,29 @@ impl Faults {
 }
 
 /// The shared in-memory network of a test cluster.
-#[derive(Default)]
 pub struct InMemoryNetwork {
     handlers: RwLock<HashMap<String, Arc<dyn PeerHandler>>>,
     faults: RwLock<Faults>,
-    calls: std::sync::atomic::AtomicU64,
+    calls: AtomicU64,
+    max_message_bytes: AtomicUsize,
 }
 
 impl InMemoryNetwork {
-    /// An empty network.
+    /// An empty network with the default message limit (64 MiB).
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(InMemoryNetwork {
+            handlers: RwLock::default(),
+            faults: RwLock::default(),
+            calls: AtomicU64::new(0),
+            max_message_bytes: AtomicUsize::new(DEFAULT_MAX_MESSAGE_BYTES),
+        })
+    }
+
+    /// Sets the message limit: a request or response body whose encoded envelope
+    /// (prost `encoded_len` of the `PeerRequest` / `PeerResponse`) exceeds `limit` bytes
+    /// fails with [`PeerError::TooLarge`], as over gRPC.
+    pub fn set_max_message_bytes(&self, limit: usize) {
+        self.max_message_bytes.store(limit, Ordering::Relaxed);
     }
 
     /// Registers the handler that answers calls to node `id`.
@@ -133,7 +147,7 @@ impl InMemoryNetwork {
 
     /// Number of calls delivered so far (for tests that count messages).
     pub fn calls_delivered(&self) -> u64 {
-        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+        self.calls.load(Ordering::Relaxed)
     }
 
     async fn route(
@@ -141,7 +155,7 @@ impl InMemoryNetwork {
         from: &str,
         to: &NodeInfo,
         timeout: Duration,
-    ) -> Result<Arc<dyn PeerHandler>, TransportError> {
+    ) -> Result<(Arc<dyn PeerHandler>, Duration), PeerError> {
         let (blocked, delay) = {
             let mut f = self.faults.write();
             let mut blocked = f.blocks(from, &to.id);
@@ -154,29 +168,30 @@ impl InMemoryNetwork {
             (blocked, f.delay.get(&to.id).copied())
         };
         if let Some(reason) = blocked {
-            return Err(TransportError::Unreachable {
-                peer: to.address.clone(),
+            return Err(PeerError::Unreachable {
+                peer: to.id.clone(),
                 reason: reason.to_string(),
             });
         }
+        let mut left = timeout;
         if let Some(d) = delay {
             if d >= timeout {
                 tokio::time::sleep(timeout).await;
-                return Err(TransportError::Timeout {
-                    peer: to.address.clone(),
+                return Err(PeerError::Timeout {
+                    peer: to.id.clone(),
                     timeout,
                 });
             }
             tokio::time::sleep(d).await;
+            left = timeout - d;
         }
         let handler = self.handlers.read().get(&to.id).cloned();
-        let handler = handler.ok_or_else(|| TransportError::Unreachable {
-            peer: to.address.clone(),
+        let handler = handler.ok_or_else(|| PeerError::Unreachable {
+            peer: to.id.clone(),
             reason: "no node registered under this id".to_string(),
         })?;
-        self.calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(handler)
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Ok((handler, left))
     }
 }
 
@@ -186,64 +201,132 @@ pub struct InMemoryTransport {
     from: String,
 }
 
-fn remote(to: &NodeInfo, message: String) -> TransportError {
-    TransportError::Remote {
-        peer: to.address.clone(),
-        message,
+fn too_large(to: &NodeInfo, bytes: usize, limit: usize) -> PeerError {
+    PeerError::TooLarge {
+        peer: to.id.clone(),
+        bytes,
+        limit,
     }
 }
 
 #[async_trait]
 impl Transport for InMemoryTransport {
-    async fn replicate(
-        &self,
-        to: &NodeInfo,
-        request: ReplicateRequest,
-        timeout: Duration,
-    ) -> Result<ReplicateResponse, TransportError> {
-        let h = self.network.route(&self.from, to, timeout).await?;
-        h.replicate(request).await.map_err(|m| remote(to, m))
+    fn local_id(&self) -> &str {
+        &self.from
     }
 
-    async fn read(
+    async fn send(
         &self,
         to: &NodeInfo,
-        request: PeerReadRequest,
+        body: peer_request::Body,
         timeout: Duration,
-    ) -> Result<PeerReadResponse, TransportError> {
-        let h = self.network.route(&self.from, to, timeout).await?;
-        h.read(request).await.map_err(|m| remote(to, m))
-    }
-
-    async fn ping(
-        &self,
-        to: &NodeInfo,
-        request: PingRequest,
-        timeout: Duration,
-    ) -> Result<PingResponse, TransportError> {
-        let h = self.network.route(&self.from, to, timeout).await?;
-        h.ping(request).await.map_err(|m| remote(to, m))
+    ) -> Result<peer_response::Body, PeerError> {
+        let limit = self.network.max_message_bytes.load(Ordering::Relaxed);
+        let envelope = PeerRequest {
+            from_node: self.from.clone(),
+            body: Some(body),
+        };
+        let bytes = envelope.encoded_len();
+        if bytes > limit {
+            return Err(too_large(to, bytes, limit));
+        }
+        let PeerRequest {
+            from_node,
+            body: Some(body),
+        } = envelope
+        else {
+            unreachable!("the envelope was built with a body just above")
+        };
+        let (handler, left) = self.network.route(&self.from, to, timeout).await?;
+        let answer = tokio::time::timeout(left, handler.handle(&from_node, body))
+            .await
+            .map_err(|_| PeerError::Timeout {
+                peer: to.id.clone(),
+                timeout,
+            })?
+            .map_err(|e| e.into_peer_error(&to.id))?;
+        let response = PeerResponse { body: Some(answer) };
+        let bytes = response.encoded_len();
+        if bytes > limit {
+            return Err(too_large(to, bytes, limit));
+        }
+        response.body.ok_or_else(|| PeerError::Failed {
+            peer: to.id.clone(),
+            message: "answered an envelope with no body".to_string(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeMap;
 
-    struct Echo(String);
+    use super::*;
+    use crate::{range_checksum, HandlerError, TransportExt};
+    use bytes::Bytes;
+    use distkv_proto::v1::{
+        KeyRecord, PeerReadRequest, PingRequest, PingResponse, RangePullRequest, RangePullResponse,
+        ReplicateRequest, ReplicateResponse,
+    };
+
+    /// Answers pings with its id, accepts replicates, refuses reads, and serves range pulls
+    /// in pages from `data` (the cursor is the last key sent; tokens are ignored).
+    struct TestNode {
+        id: String,
+        data: BTreeMap<Vec<u8>, Vec<u8>>,
+    }
+
+    impl TestNode {
+        fn new(id: &str) -> Arc<Self> {
+            Arc::new(TestNode {
+                id: id.into(),
+                data: (0..10u8).map(|i| (vec![b'k', i], vec![i; 3])).collect(),
+            })
+        }
+
+        fn page(&self, r: &RangePullRequest) -> RangePullResponse {
+            use std::ops::Bound::{Excluded, Unbounded};
+            let start = if r.after.is_empty() {
+                Unbounded
+            } else {
+                Excluded(r.after.to_vec())
+            };
+            let mut rest = self.data.range((start, Unbounded)).peekable();
+            let mut entries = Vec::new();
+            while entries.len() < r.max_entries as usize {
+                let Some((k, v)) = rest.next() else { break };
+                entries.push(KeyRecord {
+                    key: Bytes::from(k.clone()),
+                    record: Bytes::from(v.clone()),
+                });
+            }
+            let done = rest.peek().is_none();
+            RangePullResponse {
+                next: entries.last().map(|e| e.key.clone()).unwrap_or_default(),
+                checksum: range_checksum(&entries),
+                entries,
+                done,
+            }
+        }
+    }
 
     #[async_trait]
-    impl PeerHandler for Echo {
-        async fn replicate(&self, _: ReplicateRequest) -> Result<ReplicateResponse, String> {
-            Ok(ReplicateResponse {})
-        }
-        async fn read(&self, _: PeerReadRequest) -> Result<PeerReadResponse, String> {
-            Err("read refused".into())
-        }
-        async fn ping(&self, _: PingRequest) -> Result<PingResponse, String> {
-            Ok(PingResponse {
-                node_id: self.0.clone(),
-            })
+    impl PeerHandler for TestNode {
+        async fn handle(
+            &self,
+            _from: &str,
+            request: peer_request::Body,
+        ) -> Result<peer_response::Body, HandlerError> {
+            use peer_request::Body as Req;
+            use peer_response::Body as Resp;
+            match request {
+                Req::Ping(_) => Ok(Resp::Ping(PingResponse {
+                    node_id: self.id.clone(),
+                })),
+                Req::Replicate(_) => Ok(Resp::Replicate(ReplicateResponse {})),
+                Req::Read(_) => Err(HandlerError::Refused("read refused".into())),
+                Req::RangePull(r) => Ok(Resp::RangePull(self.page(&r))),
+            }
         }
     }
 
@@ -254,71 +337,146 @@ mod tests {
         }
     }
 
+    const T: Duration = Duration::from_secs(1);
+
     #[tokio::test]
     async fn faults_block_calls_and_heal() {
         let net = InMemoryNetwork::new();
         for id in ["a", "b", "c"] {
-            net.register(id, Arc::new(Echo(id.into())));
+            net.register(id, TestNode::new(id));
         }
         let ta = net.transport("a");
-        let t = Duration::from_secs(1);
-        let ping = || PingRequest {
-            from_node: "a".into(),
-        };
-        assert_eq!(ta.ping(&info("b"), ping(), t).await.unwrap().node_id, "b");
+        assert_eq!(ta.local_id(), "a");
+        let ping = || PingRequest {};
+        assert_eq!(ta.call(&info("b"), ping(), T).await.unwrap().node_id, "b");
         net.set_down("b", true);
         assert!(matches!(
-            ta.ping(&info("b"), ping(), t).await,
-            Err(TransportError::Unreachable { .. })
+            ta.call(&info("b"), ping(), T).await,
+            Err(PeerError::Unreachable { .. })
         ));
         net.set_down("b", false);
         net.partition(&[&["a"], &["b", "c"]]);
-        assert!(ta.ping(&info("c"), ping(), t).await.is_err());
-        assert!(net.transport("b").ping(&info("c"), ping(), t).await.is_ok());
+        assert!(ta.call(&info("c"), ping(), T).await.is_err());
+        assert!(net.transport("b").call(&info("c"), ping(), T).await.is_ok());
         net.heal();
         net.set_cut("a", "c", true);
-        assert!(ta.ping(&info("c"), ping(), t).await.is_err());
-        assert!(net.transport("c").ping(&info("a"), ping(), t).await.is_ok());
+        assert!(ta.call(&info("c"), ping(), T).await.is_err());
+        assert!(net.transport("c").call(&info("a"), ping(), T).await.is_ok());
         let err = net
             .transport("c")
-            .read(&info("a"), PeerReadRequest::default(), t)
+            .call(&info("a"), PeerReadRequest::default(), T)
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("read refused"), "{err}");
+        assert_eq!(
+            err,
+            PeerError::Refused {
+                peer: "a".into(),
+                reason: "read refused".into()
+            }
+        );
     }
 
     #[tokio::test]
     async fn every_nth_call_is_dropped() {
         let net = InMemoryNetwork::new();
-        net.register("b", Arc::new(Echo("b".into())));
+        net.register("b", TestNode::new("b"));
         net.set_drop_every("b", 3);
         let t = net.transport("a");
         let mut outcomes = Vec::new();
         for _ in 0..6 {
-            outcomes.push(
-                t.ping(&info("b"), PingRequest::default(), Duration::from_secs(1))
-                    .await
-                    .is_ok(),
-            );
+            outcomes.push(t.call(&info("b"), PingRequest {}, T).await.is_ok());
         }
         assert_eq!(outcomes, vec![true, true, false, true, true, false]);
+        assert_eq!(net.calls_delivered(), 4);
         net.set_drop_every("b", 0);
-        assert!(t
-            .ping(&info("b"), PingRequest::default(), Duration::from_secs(1))
-            .await
-            .is_ok());
+        assert!(t.call(&info("b"), PingRequest {}, T).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_delay_past_the_timeout_is_a_timeout() {
         let net = InMemoryNetwork::new();
-        net.register("b", Arc::new(Echo("b".into())));
+        net.register("b", TestNode::new("b"));
         net.set_delay("b", Duration::from_secs(10));
         let err = net
             .transport("a")
-            .ping(&info("b"), PingRequest::default(), Duration::from_secs(1))
+            .call(&info("b"), PingRequest {}, T)
             .await
             .unwrap_err();
-        assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+        assert!(matches!(err, PeerError::Timeout { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_paged_range_pull_resumes_from_next_and_meets_the_same_faults() {
+        let net = InMemoryNetwork::new();
+        net.register("b", TestNode::new("b"));
+        let t = net.transport("a");
+        let mut request = RangePullRequest {
+            max_entries: 4,
+            max_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let mut pulled = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = t.call(&info("b"), request.clone(), T).await.unwrap();
+            assert_eq!(page.checksum, range_checksum(&page.entries));
+            pulled.extend(page.entries.iter().map(|e| e.key.to_vec()));
+            pages += 1;
+            if page.done {
+                break;
+            }
+            request.after = page.next;
+        }
+        assert_eq!(pages, 3);
+        let expected: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'k', i]).collect();
+        assert_eq!(pulled, expected, "every key once, in order");
+
+        net.set_down("b", true);
+        assert!(matches!(
+            t.call(&info("b"), request.clone(), T).await,
+            Err(PeerError::Unreachable { .. })
+        ));
+        net.set_down("b", false);
+        net.set_drop_every("b", 1);
+        assert!(matches!(
+            t.call(&info("b"), request.clone(), T).await,
+            Err(PeerError::Unreachable { .. })
+        ));
+        net.set_drop_every("b", 0);
+        net.partition(&[&["a"], &["b"]]);
+        assert!(t.call(&info("b"), request.clone(), T).await.is_err());
+        net.heal();
+        assert!(t.call(&info("b"), request, T).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_message_limit_are_too_large() {
+        let net = InMemoryNetwork::new();
+        net.register("b", TestNode::new("b"));
+        net.set_max_message_bytes(64);
+        let t = net.transport("a");
+        let big = ReplicateRequest {
+            records: vec![KeyRecord {
+                key: Bytes::from_static(b"k"),
+                record: Bytes::from(vec![0u8; 100]),
+            }],
+        };
+        let delivered = net.calls_delivered();
+        match t.call(&info("b"), big, T).await {
+            Err(PeerError::TooLarge { peer, bytes, limit }) => {
+                assert_eq!((peer.as_str(), limit), ("b", 64));
+                assert!(bytes > 100, "{bytes}");
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        assert_eq!(net.calls_delivered(), delivered, "not delivered");
+        // A small request whose answer is over the limit: a 10-entry page is ~110 bytes.
+        let pull = RangePullRequest {
+            max_entries: 10,
+            ..Default::default()
+        };
+        let err = t.call(&info("b"), pull, T).await.unwrap_err();
+        assert_eq!(err.kind(), "too_large", "{err}");
+        assert!(t.call(&info("b"), PingRequest {}, T).await.is_ok());
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use distkv_engine::StorageEngine;
-use distkv_network::{Membership, Transport};
+use distkv_network::{probe_members, Membership, MembershipEvent, Transport};
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::NodeSettings;
 use crate::coordinator::{Node, NodeParts};
@@ -27,6 +28,8 @@ pub struct Assembled<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T
     pub placement: Arc<Placement<P>>,
     /// Membership.
     pub membership: Arc<M>,
+    /// The peer transport.
+    pub transport: Arc<T>,
     /// How replicas are reached.
     pub replicas: Arc<Replicas<S, T>>,
     settings: NodeSettings,
@@ -57,16 +60,12 @@ where
     let replicas = Replicas::new(
         local.clone(),
         store.clone(),
-        transport,
+        transport.clone(),
         settings.request_timeout,
         settings.replica_queue_depth,
     );
-    let topology = membership.topology();
-    let placement = Arc::new(Placement::new(PlacementSnapshot::build(
-        topology.version,
-        settings.virtual_nodes,
-        &topology.nodes,
-        &topology.nodes,
+    let placement = Arc::new(Placement::new(PlacementSnapshot::of_layout(
+        &membership.layout(),
     )));
     let handoff = hints.filter(|_| settings.hinted_handoff).map(|h| {
         Arc::new(Handoff::new(
@@ -93,6 +92,7 @@ where
         handoff,
         placement,
         membership,
+        transport,
         replicas,
         settings,
     }
@@ -105,7 +105,9 @@ where
     P: Partitioner,
     T: Transport,
 {
-    /// Starts the node's background work under `supervisor`: hint replay.
+    /// Starts the node's background work under `supervisor`: hint replay, the liveness
+    /// probe of every member, and the placement updater that installs a new snapshot
+    /// when the layout changes.
     pub fn start_background(&self, supervisor: &Supervisor) {
         if let Some(handoff) = &self.handoff {
             let handoff = handoff.clone();
@@ -120,5 +122,53 @@ where
                 },
             );
         }
+        let (membership, transport) = (self.membership.clone(), self.transport.clone());
+        let timeout = self
+            .settings
+            .probe_interval
+            .min(self.settings.request_timeout);
+        supervisor.every("liveness-probe", self.settings.probe_interval, move || {
+            let (membership, transport) = (membership.clone(), transport.clone());
+            async move {
+                probe_members(&*membership, &*transport, timeout).await;
+            }
+        });
+        supervisor.spawn(
+            "placement-updater",
+            follow_layout(self.membership.clone(), self.placement.clone()),
+        );
+    }
+}
+
+/// Installs a placement snapshot for every new layout `membership` announces, until the
+/// membership goes away. A subscriber that lagged re-reads the layout, so it never misses
+/// the newest; snapshots are built here, off the request path.
+pub async fn follow_layout<M: Membership, P: Partitioner>(
+    membership: Arc<M>,
+    placement: Arc<Placement<P>>,
+) {
+    let mut events = membership.subscribe();
+    // A change between assembly and subscription is caught by this first look.
+    refresh(&*membership, &placement);
+    loop {
+        match events.recv().await {
+            Ok(MembershipEvent::LayoutChanged { .. }) | Err(RecvError::Lagged(_)) => {
+                refresh(&*membership, &placement)
+            }
+            Ok(MembershipEvent::LivenessChanged { .. }) => {}
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+fn refresh<M: Membership, P: Partitioner>(membership: &M, placement: &Placement<P>) {
+    let layout = membership.layout();
+    if layout.version() > placement.current().version()
+        && placement.install(PlacementSnapshot::of_layout(&layout))
+    {
+        tracing::info!(
+            version = layout.version(),
+            "placement updated to a new layout"
+        );
     }
 }

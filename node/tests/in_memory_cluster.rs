@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distkv_backends::MemoryEngine;
-use distkv_network::{InMemoryNetwork, InMemoryTransport, NodeInfo, StaticMembership};
+use distkv_network::{
+    DetectorSettings, InMemoryNetwork, InMemoryTransport, NodeInfo, StaticMembership,
+};
 use distkv_node::assembly::{assemble, Assembled};
 use distkv_node::handoff::HintStore;
 use distkv_node::placement::HashRing;
@@ -38,8 +40,13 @@ fn cluster(n: usize, settings: NodeSettings) -> Cluster {
     let parts: Vec<TestParts> = infos
         .iter()
         .map(|info| {
-            let membership =
-                StaticMembership::new(info.clone(), infos.clone()).expect("membership");
+            let membership = StaticMembership::new(
+                info.clone(),
+                infos.clone(),
+                150,
+                DetectorSettings::default(),
+            )
+            .expect("membership");
             let hints = HintStore::open(Arc::new(MemoryEngine::ephemeral())).expect("hint store");
             let parts = assemble(
                 Arc::new(MemoryEngine::ephemeral()),

@@ -2,7 +2,8 @@
 //!
 //! * `KeyValue`: the client service (Put, Get, Delete, BatchPut).
 //! * `Admin`: node and cluster status.
-//! * `Peer`: node-to-node calls (replication, hints, repair); not for clients.
+//! * `Peer`: node-to-node calls in one envelope (`PeerRequest`/`PeerResponse`, whose
+//!   `body` oneof names the call: replicate, read, ping, range pull); not for clients.
 //!
 //! Keys and values are bytes. A `Get` returns every current sibling and an opaque causal
 //! context; a client hands that context back on its next `Put`/`Delete` of the same key.

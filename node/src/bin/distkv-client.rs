@@ -368,7 +368,16 @@ async fn run(args: Args) -> Result<u8, Failure> {
                     "read_quorum": s.read_quorum,
                     "write_quorum": s.write_quorum,
                     "virtual_nodes": s.virtual_nodes,
-                    "members": s.members.iter().map(|m| serde_json::json!({"node_id": m.node_id, "address": m.address, "state": m.state})).collect::<Vec<_>>(),
+                    "members": s.members.iter().map(|m| serde_json::json!({
+                        "id": m.node_id,
+                        "node_id": m.node_id,
+                        "address": m.address,
+                        "state": m.state,
+                        "liveness": m.liveness,
+                        "last_heard_ms": m.last_heard_ms,
+                        "phi": m.phi,
+                        "ownership": m.ownership,
+                    })).collect::<Vec<_>>(),
                     "storage_engine": s.storage_engine,
                     "storage_stats": s.storage_stats.iter().map(|st| (st.name.clone(), serde_json::Value::String(st.value.clone()))).collect::<serde_json::Map<_, _>>(),
                 });
@@ -388,11 +397,30 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 "quorums   N={} R={} W={}, {} virtual nodes per member\n",
                 s.replicas, s.read_quorum, s.write_quorum, s.virtual_nodes
             ));
-            text.push_str(&format!("members   {}\n", s.members.len()));
+            let alive = s.members.iter().filter(|m| m.liveness == "alive").count();
+            let dead = s.members.iter().filter(|m| m.liveness == "dead").count();
+            let total = s.members.len();
+            text.push_str(&format!(
+                "members   {total} total nodes, {alive} alive, {dead} dead ({:.1}% availability)\n",
+                if total == 0 {
+                    0.0
+                } else {
+                    alive as f64 * 100.0 / total as f64
+                }
+            ));
             for m in &s.members {
+                let heard = m
+                    .last_heard_ms
+                    .map_or_else(|| "never".to_string(), |ms| format!("{ms} ms ago"));
                 text.push_str(&format!(
-                    "  {:<24} {:<24} {}\n",
-                    m.node_id, m.address, m.state
+                    "  {:<20} {:<22} {:<8} {:<8} heard {:<12} phi {:>5.1}  owns {:>5.1}%\n",
+                    m.node_id,
+                    m.address,
+                    m.state,
+                    m.liveness,
+                    heard,
+                    m.phi,
+                    m.ownership * 100.0
                 ));
             }
             text.push_str(&format!("storage   {}\n", s.storage_engine));

@@ -124,17 +124,18 @@ fn main() -> ExitCode {
 
 /// The ring of the configured members, as `--print-ring` shows it.
 fn ring_report(config: &distkv_node::config::Config) -> Result<String, String> {
-    use distkv_network::{Membership, StaticMembership};
-    use distkv_node::placement::{HashRing, Partitioner};
+    use distkv_network::{DetectorSettings, Membership, StaticMembership};
+    use distkv_node::placement::{HashRing, Partitioner, PlacementSnapshot};
     let seeds = config.seeds().map_err(|e| e.0)?;
-    let membership =
-        StaticMembership::new(config.local_node(), seeds).map_err(|e| e.to_string())?;
-    let topology = membership.topology();
-    let ring = HashRing::build(
-        topology.version,
+    let membership = StaticMembership::new(
+        config.local_node(),
+        seeds,
         config.replication.virtual_nodes,
-        &topology.nodes,
-    );
+        DetectorSettings::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let placement = PlacementSnapshot::<HashRing>::of_layout(&membership.layout());
+    let ring = placement.ring();
     let mut out = String::new();
     for ((id, share), node) in ring.ownership().into_iter().zip(ring.nodes()) {
         out.push_str(&format!(

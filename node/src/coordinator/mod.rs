@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distkv_engine::{EngineStats, StorageEngine};
-use distkv_network::{Liveness, Membership, NodeInfo, Transport};
+use distkv_network::{LivenessView, Member, Membership, NodeInfo, Transport};
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
@@ -95,17 +95,19 @@ where
         self.started.elapsed()
     }
 
-    /// The members and their liveness.
-    pub fn members(&self) -> Vec<(NodeInfo, Liveness)> {
+    /// The members of the layout in force, with their liveness.
+    pub fn members(&self) -> Vec<(Member, LivenessView)> {
         self.membership
-            .topology()
-            .nodes
-            .into_iter()
-            .map(|n| {
-                let l = self.membership.liveness(&n.id);
-                (n, l)
-            })
+            .layout()
+            .members()
+            .iter()
+            .map(|m| (m.clone(), self.membership.liveness(&m.id)))
             .collect()
+    }
+
+    /// The fraction of the token space each member owns as primary, by node id.
+    pub fn ownership(&self) -> Vec<(String, f64)> {
+        self.placement.current().ring().ownership()
     }
 
     /// Statistics of the local storage engine, plus the pending hints.

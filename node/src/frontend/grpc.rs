@@ -135,15 +135,24 @@ where
             read_quorum: settings.read_quorum as u32,
             write_quorum: settings.write_quorum as u32,
             virtual_nodes: self.virtual_nodes,
-            members: node
-                .members()
-                .into_iter()
-                .map(|(n, l)| Member {
-                    node_id: n.id,
-                    address: n.address,
-                    state: l.to_string(),
-                })
-                .collect(),
+            members: {
+                let ownership = node.ownership();
+                node.members()
+                    .into_iter()
+                    .map(|(m, l)| Member {
+                        ownership: ownership
+                            .iter()
+                            .find(|(id, _)| *id == m.id)
+                            .map_or(0.0, |(_, share)| *share),
+                        node_id: m.id,
+                        address: m.address,
+                        state: m.state.to_string(),
+                        liveness: l.liveness.to_string(),
+                        last_heard_ms: l.last_heard.map(|d| d.as_millis() as u64),
+                        phi: l.phi,
+                    })
+                    .collect()
+            },
             storage_engine: self.storage_engine.clone(),
             storage_stats: stats
                 .values

@@ -57,13 +57,17 @@ where
     /// Returns the number of hints delivered. The supervisor calls this periodically;
     /// tests call it directly.
     pub async fn replay_once(&self) -> usize {
-        let topology = self.membership.topology();
+        let layout = self.membership.layout();
         let mut delivered = 0;
         for (target_id, _) in self.hints.pending() {
-            let Some(target) = topology.node(&target_id).cloned() else {
+            let Some(member) = layout.member(&target_id) else {
                 continue;
             };
-            if self.membership.liveness(&target.id) == Liveness::Dead {
+            let target = NodeInfo {
+                id: member.id.clone(),
+                address: member.address.clone(),
+            };
+            if self.membership.liveness(&target.id).liveness == Liveness::Dead {
                 continue;
             }
             if self.replicas.ping(&target).await.is_err() {

@@ -14,7 +14,7 @@ mod ring;
 
 use std::sync::Arc;
 
-use distkv_network::NodeInfo;
+use distkv_network::{Layout, MemberState, NodeInfo};
 use parking_lot::{Mutex, RwLock};
 
 pub use ring::{key_token, HashRing};
@@ -186,6 +186,18 @@ impl<P: Partitioner> PlacementSnapshot<P> {
             current,
             pending,
         }
+    }
+
+    /// The placement of `layout`: members `normal` or `leaving` own keys now; members
+    /// `normal` or `joining` own them after the change in flight (the same set when
+    /// nothing is joining or leaving). Members that `left` own nothing.
+    pub fn of_layout(layout: &Layout) -> Self {
+        PlacementSnapshot::build(
+            layout.version(),
+            layout.virtual_nodes(),
+            &layout.nodes_in(&[MemberState::Normal, MemberState::Leaving]),
+            &layout.nodes_in(&[MemberState::Normal, MemberState::Joining]),
+        )
     }
 
     /// The layout version of this placement.

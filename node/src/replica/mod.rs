@@ -17,14 +17,17 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use distkv_engine::StorageEngine;
-use distkv_network::{NodeInfo, Transport, TransportError};
-use distkv_proto::v1::{KeyRecord, PeerReadRequest, PingRequest, ReplicateRequest};
+use distkv_network::{range_checksum, NodeInfo, PeerError, Transport, TransportExt};
+use distkv_proto::v1::{
+    KeyRecord, PeerReadRequest, PingRequest, RangePullRequest, ReplicateRequest,
+};
 
 pub use handler::PeerEndpoint;
 pub use queues::Entries;
 use queues::{ReadBatcher, SendBatch, SendReads, WriteBatcher};
 pub use store::{RangePage, ReplicaStore};
 
+use crate::placement::TokenRange;
 use crate::version::Record;
 
 /// Why one replica did not answer a read or acknowledge a write.
@@ -39,7 +42,7 @@ pub enum ReplicaError {
     },
     /// The peer call failed.
     #[error("{0}")]
-    Peer(TransportError),
+    Peer(PeerError),
     /// This node's own storage failed the call.
     #[error("local storage: {0}")]
     Local(String),
@@ -135,7 +138,6 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
                 .map_err(|e| ReplicaError::Local(e.to_string()));
         }
         let request = ReplicateRequest {
-            from_node: self.local.id.clone(),
             records: entries
                 .iter()
                 .map(|(k, r)| KeyRecord {
@@ -145,7 +147,7 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
                 .collect(),
         };
         self.transport
-            .replicate(replica, request, self.timeout)
+            .call(replica, request, self.timeout)
             .await
             .map(|_| ())
             .map_err(ReplicaError::Peer)
@@ -153,14 +155,58 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
 
     /// Whether `replica` answers a ping.
     pub async fn ping(&self, replica: &NodeInfo) -> Result<(), ReplicaError> {
-        let ping = PingRequest {
-            from_node: self.local.id.clone(),
-        };
-        self.transport
-            .ping(replica, ping, self.timeout)
+        let pong = self
+            .transport
+            .call(replica, PingRequest {}, self.timeout)
             .await
-            .map(|_| ())
-            .map_err(ReplicaError::Peer)
+            .map_err(ReplicaError::Peer)?;
+        if pong.node_id != replica.id {
+            return Err(ReplicaError::BadAnswer(format!(
+                "{} answered as node {:?}: another node holds its address",
+                replica.id, pong.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// One page of the records `replica` holds in token range `range`, after the cursor
+    /// `after` (from the previous page's `next`; `None` for the first page). Verifies
+    /// the page's checksum. The page's `next` is `None` once the range is done.
+    pub async fn pull_range(
+        &self,
+        replica: &NodeInfo,
+        range: TokenRange,
+        after: Option<Vec<u8>>,
+        max_entries: u32,
+        max_bytes: u64,
+    ) -> Result<RangePage, ReplicaError> {
+        let request = RangePullRequest {
+            start_token: range.start,
+            end_token: range.end,
+            after: after.unwrap_or_default().into(),
+            max_entries,
+            max_bytes,
+        };
+        let page = self
+            .transport
+            .call(replica, request, self.timeout)
+            .await
+            .map_err(ReplicaError::Peer)?;
+        let sum = range_checksum(&page.entries);
+        if sum != page.checksum {
+            return Err(ReplicaError::BadAnswer(format!(
+                "a page of range {range} from {} has checksum {:016x} but says {:016x}: it was damaged in transit; pull it again",
+                replica.id, sum, page.checksum
+            )));
+        }
+        Ok(RangePage {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|kr| (kr.key.to_vec(), kr.record.to_vec()))
+                .collect(),
+            next: (!page.done).then(|| page.next.to_vec()),
+        })
     }
 
     /// Reads `keys` from a remote replica in one call.
@@ -171,12 +217,11 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
     ) -> Result<Vec<Option<Record>>, ReplicaError> {
         let n = keys.len();
         let request = PeerReadRequest {
-            from_node: self.local.id.clone(),
             keys: keys.into_iter().map(Into::into).collect(),
         };
         let response = self
             .transport
-            .read(replica, request, self.timeout)
+            .call(replica, request, self.timeout)
             .await
             .map_err(ReplicaError::Peer)?;
         if response.records.len() != n {

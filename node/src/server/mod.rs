@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distkv_engine::StorageEngine;
-use distkv_network::{GrpcTransport, Membership, PeerService, StaticMembership, Transport};
+use distkv_network::{
+    DetectorSettings, GrpcTransport, Membership, PeerService, StaticMembership, Transport,
+};
 use distkv_proto::v1::key_value_server::KeyValueServer;
 use tonic::transport::server::TcpIncoming;
 
@@ -60,6 +62,13 @@ pub fn settings(config: &Config) -> NodeSettings {
     }
 }
 
+/// The largest peer message: a coalesced replica call of the largest accepted key and
+/// value with room for its record, or a range-pull page, whichever is larger.
+fn peer_message_limit(config: &Config) -> usize {
+    let one = (config.limits.max_value_bytes + config.limits.max_key_bytes) * 2 + (1 << 20);
+    one.max(distkv_network::DEFAULT_MAX_MESSAGE_BYTES)
+}
+
 /// Builds the node from `config`, serves it until `shutdown` completes, then stops
 /// accepting, lets in-flight requests finish (up to `shutdown_timeout`), stops the
 /// background tasks, makes every write durable and closes storage.
@@ -75,14 +84,21 @@ pub async fn run(
     let membership = match config.membership.kind {
         MembershipKind::Static => {
             let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
-            StaticMembership::new(config.local_node(), seeds)
-                .map_err(|e| StartupError(e.to_string()))?
+            StaticMembership::new(
+                config.local_node(),
+                seeds,
+                settings.virtual_nodes,
+                DetectorSettings::default(),
+            )
+            .map_err(|e| StartupError(e.to_string()))?
         }
     };
     let transport = match config.transport.kind {
-        TransportKind::Grpc => {
-            GrpcTransport::new(Duration::from_secs(2).min(config.replication.request_timeout))
-        }
+        TransportKind::Grpc => GrpcTransport::new(
+            membership.local().id.clone(),
+            Duration::from_secs(2).min(config.replication.request_timeout),
+        )
+        .with_max_message_bytes(peer_message_limit(&config)),
     };
     launch::<_, HashRing, _>(config, settings, membership, transport, shutdown).await
 }
@@ -104,7 +120,7 @@ where
     let listen = config
         .listen_addr()
         .map_err(|e| StartupError(format!("invalid setting address = {}: {e}", config.address)))?;
-    let members = membership.topology().nodes.len();
+    let members = membership.layout().members().len();
     if settings.replicas > members {
         tracing::warn!(
             replicas = settings.replicas,
@@ -189,7 +205,10 @@ where
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(kv)
-        .add_service(PeerService::server(parts.peer.clone()))
+        .add_service(PeerService::server(
+            parts.peer.clone(),
+            peer_message_limit(config),
+        ))
         .add_service(reflection)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -1,0 +1,393 @@
+//! The layout: who owns tokens, explicit and versioned, changed only by a join, a
+//! decommission or a removal. Liveness never rewrites it.
+
+use std::fmt;
+
+use crate::NodeInfo;
+
+/// A member's place in the layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Being added: receives writes for the ranges it will own, not yet read from.
+    Joining,
+    /// Owns its tokens.
+    Normal,
+    /// Being decommissioned: still owns its tokens while they are streamed away.
+    Leaving,
+    /// Gone for good; kept so that every node learns it left.
+    Left,
+}
+
+impl MemberState {
+    /// Stable code of the state in [`Layout::digest`]'s encoding.
+    fn code(self) -> u8 {
+        match self {
+            MemberState::Joining => 0,
+            MemberState::Normal => 1,
+            MemberState::Leaving => 2,
+            MemberState::Left => 3,
+        }
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemberState::Joining => "joining",
+            MemberState::Normal => "normal",
+            MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
+        })
+    }
+}
+
+/// One member of a layout.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The node's id (unique in a layout).
+    pub id: String,
+    /// `host:port` where peers reach it.
+    pub address: String,
+    /// Its place in the layout.
+    pub state: MemberState,
+}
+
+/// The members of the cluster at one layout version. Members are sorted by id and ids are
+/// unique, so two nodes holding the same layout hold identical values (and digests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    version: u64,
+    virtual_nodes: u32,
+    members: Vec<Member>,
+}
+
+/// How an offered layout relates to the current one ([`Layout::check_successor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Succession {
+    /// Same version, same digest: nothing to do.
+    Same,
+    /// Version current + 1 with the same virtual nodes: apply it.
+    Next,
+}
+
+/// Why a layout cannot be built or accepted.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// Two members share an id.
+    #[error("node id {id:?} appears twice in the layout: node ids must be unique")]
+    DuplicateId {
+        /// The id.
+        id: String,
+    },
+    /// Two different layouts carry one version: refused, and worth an operator's look.
+    #[error(
+        "two different layouts carry version {version} (digest ours {ours:016x}, theirs \
+         {theirs:016x}): refused; find which authority committed the second one and \
+         re-apply the intended layout as the next version"
+    )]
+    Conflict {
+        /// The version both carry.
+        version: u64,
+        /// Digest of ours.
+        ours: u64,
+        /// Digest of the offered one.
+        theirs: u64,
+    },
+    /// The offered layout is older than ours.
+    #[error("layout version {offered} is older than the current version {current}: ignored")]
+    Stale {
+        /// Our version.
+        current: u64,
+        /// The offered version.
+        offered: u64,
+    },
+    /// The offered layout is more than one version ahead.
+    #[error(
+        "layout version {offered} is more than one ahead of the current version {current}: \
+         pull the versions in between first"
+    )]
+    Gap {
+        /// Our version.
+        current: u64,
+        /// The offered version.
+        offered: u64,
+    },
+    /// A successor changed the number of virtual nodes, which would move every token.
+    #[error(
+        "the offered layout has {theirs} virtual nodes per member, the current one {ours}: a \
+         layout change may not change virtual nodes (rebuild the cluster to change them)"
+    )]
+    VirtualNodes {
+        /// Ours.
+        ours: u32,
+        /// The offered layout's.
+        theirs: u32,
+    },
+}
+
+impl Layout {
+    /// A layout of `members` (sorted by id here). The same id twice, whatever the
+    /// addresses, is [`LayoutError::DuplicateId`].
+    pub fn new(
+        version: u64,
+        virtual_nodes: u32,
+        mut members: Vec<Member>,
+    ) -> Result<Layout, LayoutError> {
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(pair) = members.windows(2).find(|p| p[0].id == p[1].id) {
+            return Err(LayoutError::DuplicateId {
+                id: pair[0].id.clone(),
+            });
+        }
+        Ok(Layout {
+            version,
+            virtual_nodes,
+            members,
+        })
+    }
+
+    /// The version: increases by one with every change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Virtual nodes (ring tokens) per member.
+    pub fn virtual_nodes(&self) -> u32 {
+        self.virtual_nodes
+    }
+
+    /// Every member, sorted by id.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The member with this id.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members
+            .binary_search_by(|m| m.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.members[i])
+    }
+
+    /// Members in any of `states`, as NodeInfo, sorted by id.
+    pub fn nodes_in(&self, states: &[MemberState]) -> Vec<NodeInfo> {
+        self.members
+            .iter()
+            .filter(|m| states.contains(&m.state))
+            .map(|m| NodeInfo {
+                id: m.id.clone(),
+                address: m.address.clone(),
+            })
+            .collect()
+    }
+
+    /// XXH3-64 of a canonical encoding of version, virtual_nodes and every member (id,
+    /// address, state): equal layouts have equal digests on every platform.
+    ///
+    /// Encoding: version (u64 BE), virtual_nodes (u32 BE), member count (u64 BE), then per
+    /// member in id order: id length (u64 BE), id, address length (u64 BE), address, state
+    /// (one byte: joining 0, normal 1, leaving 2, left 3).
+    pub fn digest(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.version.to_be_bytes());
+        h.update(&self.virtual_nodes.to_be_bytes());
+        h.update(&(self.members.len() as u64).to_be_bytes());
+        for m in &self.members {
+            h.update(&(m.id.len() as u64).to_be_bytes());
+            h.update(m.id.as_bytes());
+            h.update(&(m.address.len() as u64).to_be_bytes());
+            h.update(m.address.as_bytes());
+            h.update(&[m.state.code()]);
+        }
+        h.digest()
+    }
+
+    /// The next version with `members` (version + 1, same virtual_nodes).
+    pub fn next(&self, members: Vec<Member>) -> Result<Layout, LayoutError> {
+        Layout::new(self.version.saturating_add(1), self.virtual_nodes, members)
+    }
+
+    /// Sans-IO acceptance rule for an offered layout against this (current) one: the same
+    /// layout is [`Succession::Same`]; version + 1 with the same virtual nodes is
+    /// [`Succession::Next`]; the same version with another digest is
+    /// [`LayoutError::Conflict`]; an older one [`LayoutError::Stale`]; one more than a
+    /// version ahead [`LayoutError::Gap`]; a successor with other virtual nodes
+    /// [`LayoutError::VirtualNodes`].
+    pub fn check_successor(&self, offered: &Layout) -> Result<Succession, LayoutError> {
+        let (current, version) = (self.version, offered.version);
+        if version == current {
+            let (ours, theirs) = (self.digest(), offered.digest());
+            return if ours == theirs {
+                Ok(Succession::Same)
+            } else {
+                Err(LayoutError::Conflict {
+                    version,
+                    ours,
+                    theirs,
+                })
+            };
+        }
+        if version < current {
+            return Err(LayoutError::Stale {
+                current,
+                offered: version,
+            });
+        }
+        if version - current > 1 {
+            return Err(LayoutError::Gap {
+                current,
+                offered: version,
+            });
+        }
+        if offered.virtual_nodes != self.virtual_nodes {
+            return Err(LayoutError::VirtualNodes {
+                ours: self.virtual_nodes,
+                theirs: offered.virtual_nodes,
+            });
+        }
+        Ok(Succession::Next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, state: MemberState) -> Member {
+        Member {
+            id: id.into(),
+            address: format!("{id}:1"),
+            state,
+        }
+    }
+
+    fn layout(version: u64, members: Vec<Member>) -> Layout {
+        Layout::new(version, 8, members).unwrap()
+    }
+
+    fn base() -> Layout {
+        layout(
+            3,
+            vec![
+                member("b", MemberState::Normal),
+                member("a", MemberState::Joining),
+            ],
+        )
+    }
+
+    #[test]
+    fn members_are_sorted_and_ids_unique() {
+        let l = base();
+        let ids: Vec<&str> = l.members().iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(l.member("b").map(|m| m.state), Some(MemberState::Normal));
+        assert_eq!(l.member("c"), None);
+        assert_eq!(l.nodes_in(&[MemberState::Normal])[0].id, "b");
+        assert_eq!(
+            l.nodes_in(&[MemberState::Normal, MemberState::Joining])
+                .len(),
+            2
+        );
+        let mut other = member("a", MemberState::Normal);
+        other.address = "elsewhere:2".into();
+        let err = Layout::new(1, 8, vec![member("a", MemberState::Normal), other]).unwrap_err();
+        assert_eq!(err, LayoutError::DuplicateId { id: "a".into() });
+        assert_eq!(MemberState::Leaving.to_string(), "leaving");
+    }
+
+    #[test]
+    fn digest_is_equal_for_equal_layouts_and_differs_in_every_field() {
+        let l = base();
+        // Member order in the input does not matter.
+        let same = layout(
+            3,
+            vec![
+                member("a", MemberState::Joining),
+                member("b", MemberState::Normal),
+            ],
+        );
+        assert_eq!(l.digest(), same.digest());
+        // Pinned, so a change of the encoding (which would split a mixed-version cluster)
+        // fails here first.
+        let mut enc = Vec::new();
+        enc.extend_from_slice(&3u64.to_be_bytes());
+        enc.extend_from_slice(&8u32.to_be_bytes());
+        enc.extend_from_slice(&2u64.to_be_bytes());
+        for (id, state) in [("a", 0u8), ("b", 1)] {
+            enc.extend_from_slice(&1u64.to_be_bytes());
+            enc.extend_from_slice(id.as_bytes());
+            enc.extend_from_slice(&3u64.to_be_bytes());
+            enc.extend_from_slice(format!("{id}:1").as_bytes());
+            enc.push(state);
+        }
+        assert_eq!(l.digest(), xxhash_rust::xxh3::xxh3_64(&enc));
+
+        let mut variants = vec![
+            Layout::new(4, 8, l.members().to_vec()).unwrap(),
+            Layout::new(3, 9, l.members().to_vec()).unwrap(),
+            layout(3, vec![member("a", MemberState::Joining)]),
+        ];
+        let mut m = l.members().to_vec();
+        m[0].address = "a:2".into();
+        variants.push(layout(3, m));
+        let mut m = l.members().to_vec();
+        m[0].state = MemberState::Normal;
+        variants.push(layout(3, m));
+        let mut m = l.members().to_vec();
+        m[0].id = "c".into();
+        variants.push(layout(3, m));
+        for v in variants {
+            assert_ne!(l.digest(), v.digest(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn check_successor_accepts_same_and_next_only() {
+        let l = base();
+        assert_eq!(l.check_successor(&l.clone()), Ok(Succession::Same));
+        let next = l.next(vec![member("a", MemberState::Normal)]).unwrap();
+        assert_eq!(next.version(), 4);
+        assert_eq!(next.virtual_nodes(), 8);
+        assert_eq!(l.check_successor(&next), Ok(Succession::Next));
+        assert_eq!(
+            next.check_successor(&l),
+            Err(LayoutError::Stale {
+                current: 4,
+                offered: 3
+            })
+        );
+        let far = Layout::new(5, 8, vec![]).unwrap();
+        assert_eq!(
+            l.check_successor(&far),
+            Err(LayoutError::Gap {
+                current: 3,
+                offered: 5
+            })
+        );
+        let other = layout(3, vec![member("z", MemberState::Normal)]);
+        let err = l.check_successor(&other).unwrap_err();
+        assert_eq!(
+            err,
+            LayoutError::Conflict {
+                version: 3,
+                ours: l.digest(),
+                theirs: other.digest()
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("{:016x}", other.digest())),
+            "{err}"
+        );
+        let vnodes = Layout::new(4, 16, l.members().to_vec()).unwrap();
+        assert_eq!(
+            l.check_successor(&vnodes),
+            Err(LayoutError::VirtualNodes {
+                ours: 8,
+                theirs: 16
+            })
+        );
+    }
+}
