@@ -2,9 +2,12 @@
 # distkv-server processes on 127.0.0.1:${BASE_PORT}1.. (N=NODES, R=W=majority), with
 # their data and logs under $OUT; stops them all on exit. Sets BIN, PIDS and TARGETS.
 #   start_cluster NODES BASE_PORT      e.g. start_cluster 3 710 -> ports 7101..7103
-# Extra server flags: $SERVER_ARGS.
-cargo build --release -q -p distkv-node
-BIN=target/release
+# Extra server flags: $SERVER_ARGS. BIN=DIR runs the binaries in DIR instead of building
+# this checkout's (for A/B runs against another build).
+if [ -z "${BIN:-}" ]; then
+    cargo build --release -q -p distkv-node --bins -p distkv-benches --bin distkv-bench
+    BIN=target/release
+fi
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT

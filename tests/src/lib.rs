@@ -31,14 +31,27 @@ pub fn binary(name: &str) -> PathBuf {
             .any(|b| !dir.join(b).exists());
         if cargo.is_some() || missing {
             let mut cmd = Command::new(cargo.unwrap_or_else(|| "cargo".to_string()));
-            cmd.args(["build", "--quiet", "-p", "distkv-node", "--bins"]);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "distkv-node",
+                "--bins",
+                "-p",
+                "distkv-benches",
+                "--bin",
+                "distkv-bench",
+            ]);
             if dir.file_name().is_some_and(|p| p == "release") {
                 cmd.arg("--release");
             }
             let status = cmd
                 .status()
                 .expect("run cargo build for the distkv binaries");
-            assert!(status.success(), "cargo build -p distkv-node --bins failed");
+            assert!(
+                status.success(),
+                "cargo build of distkv-server, distkv-client and distkv-bench failed"
+            );
         }
     });
     dir.join(name)

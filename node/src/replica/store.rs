@@ -6,7 +6,7 @@ use std::sync::Arc;
 use distkv_engine::{EngineStats, StorageEngine};
 
 use super::keys;
-use super::writer::StorageWriter;
+use super::writer::{decode_stored, StorageWriter};
 use crate::error::NodeError;
 use crate::placement::TokenRange;
 use crate::version::{ConflictPolicy, Record};
@@ -139,16 +139,6 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
     pub fn close(&self) -> Result<(), NodeError> {
         Ok(self.engine.close()?)
     }
-}
-
-/// Decodes a record read from storage, naming the problem if it cannot be decoded.
-pub(crate) fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Record, NodeError> {
-    Record::decode(bytes).map_err(|e| {
-        NodeError::Storage(distkv_engine::Error::Other(format!(
-            "stored record of a {}-byte key cannot be decoded ({e}); repair it from a replica",
-            key.len()
-        )))
-    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use distkv_engine::{StorageEngine, WriteBatch};
 use tokio::sync::oneshot;
 
-use super::store::decode_stored;
 use crate::error::NodeError;
 use crate::version::{ConflictPolicy, Record};
 
@@ -163,6 +162,16 @@ fn merge_and_write<S: StorageEngine + ?Sized>(
     }
     storage.write(batch)?;
     Ok(())
+}
+
+/// Decodes a record read from storage, naming the problem if it cannot be decoded.
+pub(crate) fn decode_stored(key: &[u8], bytes: &[u8]) -> Result<Record, NodeError> {
+    Record::decode(bytes).map_err(|e| {
+        NodeError::Storage(distkv_engine::Error::Other(format!(
+            "stored record of a {}-byte key cannot be decoded ({e}); repair it from a replica",
+            key.len()
+        )))
+    })
 }
 
 #[cfg(test)]
