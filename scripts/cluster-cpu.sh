@@ -5,7 +5,8 @@
 # from run to run; CPU per operation moves far less, so compare changes with this.
 #   scripts/cluster-cpu.sh [NODES] [OPS]     NODES: 3 (N=3 R=2 W=2, default) or 1 (N=1)
 # Starts release nodes on 127.0.0.1:7301.., runs insert, then C (reads of 10,000
-# preloaded keys), prints one line per workload and stops every node it started.
+# preloaded keys), then A with uniform keys, prints one line per workload and stops every
+# node it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${1:-3}
@@ -24,7 +25,7 @@ measure() {
     after=$(cpu "${PIDS[@]}")
     echo "$report" | awk -v n="$name" -v a="$before" -v b="$after" -v ops="$OPS" -v nodes="$NODES" '
         /^GENCPU/ { gen = $2 + $3 }
-        /^(read|insert) / { rate = $4; p99 = $7 }
+        /^(read|insert|update) / { rate += $4; if ($7 > p99) p99 = $7 }
         END { printf "%-7s %d node(s): %8s ops/s  p99 %6s us  nodes %5.1f us/op  generator %5.1f us/op\n",
               n, nodes, rate, p99, (b - a) / ops * 1e6, gen / ops * 1e6 }'
 }
@@ -32,3 +33,6 @@ measure insert --workload insert
 "$BIN/distkv-bench" --targets "$TARGETS" --clients 64 --workload insert --keys 10000 \
     --preload --ops 1 --value-size 100 >/dev/null 2>&1
 measure read --workload c
+# Half reads, half updates of existing keys, spread evenly over the key space (a hash-
+# partitioned store's common case; insert above writes run-sequential key names).
+measure a-unif --workload a --distribution uniform

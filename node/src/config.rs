@@ -836,6 +836,21 @@ mod tests {
             let msg = err_of(load(Some(Path::new("typo.toml")), Flags::default()));
             assert!(msg.contains("replicaz"), "{msg}");
 
+            jail.create_file(
+                "kinds.toml",
+                "[membership]\nkind = \"static\"\n[transport]\nkind = \"grpc\"\n",
+            )?;
+            let loaded = load(Some(Path::new("kinds.toml")), Flags::default()).unwrap();
+            assert_eq!(loaded.config.membership.kind, MembershipKind::Static);
+            assert_eq!(loaded.config.transport.kind, TransportKind::Grpc);
+            jail.create_file("gossip.toml", "[membership]\nkind = \"carrier-pigeon\"\n")?;
+            let msg = err_of(load(Some(Path::new("gossip.toml")), Flags::default()));
+            assert!(msg.contains("membership.kind"), "{msg}");
+            assert!(
+                msg.contains("carrier-pigeon") && msg.contains("gossip.toml"),
+                "{msg}"
+            );
+
             jail.create_file("plugin.toml", "[storage]\nengine = \"plugin\"\n")?;
             let msg = err_of(load(Some(Path::new("plugin.toml")), Flags::default()));
             assert!(msg.contains("storage.plugin.path"), "{msg}");

@@ -162,3 +162,53 @@ async fn a_killed_node_comes_back_with_every_acknowledged_write() -> anyhow::Res
     check(&addrs[2], &history, Consistency::One, "n2 alone").await?;
     Ok(())
 }
+
+/// The liveness `node` reports for the member at `addr`.
+async fn liveness_seen_by(node: &str, addr: &str) -> anyhow::Result<String> {
+    let status = connect(node)
+        .await?
+        .status(distkv_proto::v1::StatusRequest {})
+        .await?
+        .into_inner();
+    status
+        .members
+        .into_iter()
+        .find(|m| m.address == addr)
+        .map(|m| m.liveness)
+        .ok_or_else(|| anyhow::anyhow!("{node} does not list a member at {addr}"))
+}
+
+/// Waits (bounded) until `node` reports the member at `addr` as `want`.
+async fn wait_liveness(node: &str, addr: &str, want: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let seen = liveness_seen_by(node, addr).await?;
+        if seen == want {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{node} still sees {addr} as {seen} after {within:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_seen_dead_by_the_others_and_alive_after_a_restart() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    for a in &addrs {
+        wait_liveness(&addrs[0], a, "alive", Duration::from_secs(10)).await?;
+    }
+    tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
+    wait_liveness(&addrs[0], &addrs[2], "dead", Duration::from_secs(15)).await?;
+    wait_liveness(&addrs[1], &addrs[2], "dead", Duration::from_secs(15)).await?;
+    assert_eq!(liveness_seen_by(&addrs[0], &addrs[1]).await?, "alive");
+    tokio::task::block_in_place(|| nodes[2].restart())?;
+    wait_liveness(&addrs[0], &addrs[2], "alive", Duration::from_secs(15)).await?;
+    wait_liveness(&addrs[1], &addrs[2], "alive", Duration::from_secs(15)).await?;
+    Ok(())
+}

@@ -374,3 +374,47 @@ fn a_data_directory_serves_one_node_at_a_time() -> anyhow::Result<()> {
     first.restart()?;
     Ok(())
 }
+
+/// A data directory written before the token-ordered key layout (format 1: data, no
+/// FORMAT file) is refused with one line that says what to do, and is left untouched.
+#[test]
+fn a_data_directory_of_another_format_is_refused_with_one_line() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("old");
+    std::fs::create_dir_all(data.join("lsm"))?;
+    std::fs::write(
+        data.join("lsm").join("MANIFEST-000001"),
+        b"written by format 1",
+    )?;
+    let addr = format!("127.0.0.1:{}", distkv_tests::free_port());
+    let o = server_output(
+        &[
+            "--address",
+            &addr,
+            "--data-dir",
+            data.to_str().expect("UTF-8"),
+        ],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        !o.status.success(),
+        "an old data directory must not be opened"
+    );
+    let err = stderr(&o);
+    assert!(err.contains("holds data in format 1"), "{err}");
+    assert!(
+        err.contains("start this node with an empty --data-dir"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        !data.join("FORMAT").exists(),
+        "the old directory is left as it was"
+    );
+    assert_eq!(
+        std::fs::read(data.join("lsm").join("MANIFEST-000001"))?,
+        b"written by format 1"
+    );
+    Ok(())
+}

@@ -149,7 +149,7 @@ fn wrong_format(dir: &Path, found: u32) -> StartupError {
         "a newer DistKV"
     };
     StartupError(format!(
-        "data directory {} holds data in format {found} (written by {written_by}); this distkv-server reads format {DATA_FORMAT} only: move the directory aside and start this node with an empty --data-dir (its replicas refill it), or run the DistKV version that wrote it",
+        "data directory {} holds data in format {found} (written by {written_by}); this distkv-server reads format {DATA_FORMAT} only: move the directory aside and start this node with an empty --data-dir (read repair refills it from its replicas), or run the DistKV version that wrote it",
         dir.display()
     ))
 }
