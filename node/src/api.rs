@@ -64,6 +64,11 @@ pub struct NodeSettings {
     pub hint_replay_batch: usize,
     /// Most actors kept in a write's causal context (oldest dropped beyond).
     pub max_vector_entries: usize,
+    /// Largest causal context a client may send, encoded.
+    pub max_context_bytes: usize,
+    /// How far ahead of this node's clock a context's counters may be (the clock skew
+    /// tolerated between nodes); a counter further ahead was issued by no node.
+    pub max_clock_skew: Duration,
     /// Most writes waiting in one replica's queue; a write that finds the queue full is
     /// not queued (a remote replica's becomes a hint, the local one fails its ack).
     pub replica_queue_depth: usize,
@@ -92,6 +97,8 @@ impl Default for NodeSettings {
             hint_replay_interval: Duration::from_secs(1),
             hint_replay_batch: 512,
             max_vector_entries: 64,
+            max_context_bytes: 64 * 1024,
+            max_clock_skew: Duration::from_secs(3600),
             replica_queue_depth: 4096,
             max_background_repairs: 1024,
             probe_interval: Duration::from_secs(1),

@@ -169,6 +169,12 @@ pub struct LimitsConfig {
     pub max_value_bytes: usize,
     /// Most entries in one BatchPut.
     pub max_batch_entries: usize,
+    /// Largest causal context a client may send, in bytes.
+    pub max_context_bytes: usize,
+    /// The clock skew tolerated between nodes: a context counter further ahead of this
+    /// node's clock was issued by no node and is refused.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -179,6 +185,8 @@ impl Default for LimitsConfig {
             max_key_bytes: d.max_key_bytes,
             max_value_bytes: d.max_value_bytes,
             max_batch_entries: d.max_batch_entries,
+            max_context_bytes: d.max_context_bytes,
+            max_clock_skew: d.max_clock_skew,
         }
     }
 }

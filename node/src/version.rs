@@ -115,6 +115,56 @@ impl VersionVector {
     }
 }
 
+/// What a causal context from a client may hold. Contexts are untrusted input: a
+/// crafted one must not be able to hide or erase writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextLimits {
+    /// Largest encoded context accepted.
+    pub max_bytes: usize,
+    /// Longest actor (node id) accepted.
+    pub max_actor_bytes: usize,
+    /// How far ahead of this node's clock a counter may be, in microseconds. Counters
+    /// are issued from the coordinators' clocks (microseconds since the epoch), so a
+    /// counter further ahead than any clock skew was issued by no node.
+    pub max_ahead_micros: u64,
+}
+
+impl VersionVector {
+    /// Decodes a context sent by a client and checks it against `limits` at this node's
+    /// time `now_micros`: its size, its actors' names, and that no counter lies further
+    /// ahead of the clock than any node could have issued. The error says what is wrong.
+    pub fn from_client_context(
+        bytes: &[u8],
+        limits: &ContextLimits,
+        now_micros: u64,
+    ) -> Result<Self, String> {
+        if bytes.len() > limits.max_bytes {
+            return Err(format!(
+                "context is {} bytes, over the limit of {} bytes (limits.max_context_bytes)",
+                bytes.len(),
+                limits.max_bytes
+            ));
+        }
+        let vv = Self::from_context(bytes).map_err(|e| e.to_string())?;
+        let horizon = now_micros.saturating_add(limits.max_ahead_micros);
+        for (actor, counter) in vv.iter() {
+            if actor.len() > limits.max_actor_bytes {
+                return Err(format!(
+                    "context names a node id of {} bytes; node ids are at most {} bytes",
+                    actor.len(),
+                    limits.max_actor_bytes
+                ));
+            }
+            if counter > horizon {
+                return Err(format!(
+                    "context claims counter {counter} for node {actor:?}, ahead of this node's clock ({now_micros}) by more than limits.max_clock_skew: no node issued it"
+                ));
+            }
+        }
+        Ok(vv)
+    }
+}
+
 /// A stored or replicated value of one key: the siblings and the causal history.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -493,6 +543,43 @@ mod tests {
         assert_eq!(v, vv(&[("a", 5), ("c", 9)]));
         v.prune(8);
         assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn client_contexts_are_checked_against_the_limits() {
+        let limits = ContextLimits {
+            max_bytes: 200,
+            max_actor_bytes: 8,
+            max_ahead_micros: 1_000,
+        };
+        let now = 1_000_000;
+        let ok = vv(&[("n1", now + 1_000), ("n2", 5)]);
+        assert_eq!(
+            VersionVector::from_client_context(&ok.to_context(), &limits, now).unwrap(),
+            ok
+        );
+        assert!(VersionVector::from_client_context(b"", &limits, now)
+            .unwrap()
+            .is_empty());
+        let ahead = vv(&[("n1", now + 1_001)]).to_context();
+        let err = VersionVector::from_client_context(&ahead, &limits, now).unwrap_err();
+        assert!(
+            err.contains("no node issued it") && err.contains("\"n1\""),
+            "{err}"
+        );
+        let max = vv(&[("n1", u64::MAX)]).to_context();
+        assert!(VersionVector::from_client_context(&max, &limits, now).is_err());
+        let long = vv(&[("a-very-long-node-name", 1)]).to_context();
+        let err = VersionVector::from_client_context(&long, &limits, now).unwrap_err();
+        assert!(
+            err.contains("21 bytes") && err.contains("at most 8"),
+            "{err}"
+        );
+        let many: Vec<(String, u64)> = (0..60).map(|i| (format!("n{i}"), 1)).collect();
+        let big = VersionVector(many.into_iter().collect()).to_context();
+        let err = VersionVector::from_client_context(&big, &limits, now).unwrap_err();
+        assert!(err.contains("limits.max_context_bytes"), "{err}");
+        assert!(VersionVector::from_client_context(b"\x01\x05", &limits, now).is_err());
     }
 
     #[test]

@@ -459,3 +459,53 @@ async fn dropped_messages_lose_no_acknowledged_write() {
         );
     }
 }
+
+/// A context crafted to claim a counter no node could have issued (the largest one, or
+/// one far ahead of every clock) is refused; every later write of the key, through every
+/// node at every consistency level, is then readable (none is hidden by its own context).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_context_is_refused_and_hides_no_later_write() {
+    use distkv_node::version::{Dot, VersionVector};
+    let c = cluster(3, settings(3, 2, 2));
+    c.put(0, "k", "v0", b"", Consistency::Default)
+        .await
+        .unwrap();
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    for counter in [u64::MAX, u64::MAX / 2, now_micros + 2 * 3_600_000_000] {
+        for target in 0..3 {
+            let mut evil = VersionVector::new();
+            evil.add(&Dot {
+                actor: id(target),
+                counter,
+            });
+            let err = c
+                .put(0, "k", "evil", &evil.to_context(), Consistency::Default)
+                .await
+                .expect_err("a counter no node issued is refused");
+            assert!(matches!(err, NodeError::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains("no node issued it"), "{err}");
+        }
+    }
+    for via in 0..3 {
+        for level in [Consistency::One, Consistency::Quorum, Consistency::All] {
+            let (_, ctx) = c.get(via, "k", Consistency::Quorum).await.unwrap();
+            let value = format!("v-{via}-{level:?}");
+            c.put(via, "k", &value, &ctx, level).await.unwrap();
+            for reader in 0..3 {
+                let (values, _) = c.get(reader, "k", Consistency::All).await.unwrap();
+                assert_eq!(values, vec![value.clone()], "read through n{reader}");
+            }
+            // A blind write is kept beside the value as a sibling, never hidden.
+            let blind = format!("blind-{via}-{level:?}");
+            c.put(via, "k", &blind, b"", level).await.unwrap();
+            let (mut values, _) = c.get((via + 1) % 3, "k", Consistency::All).await.unwrap();
+            values.sort();
+            let mut expected = vec![value, blind];
+            expected.sort();
+            assert_eq!(values, expected);
+        }
+    }
+}

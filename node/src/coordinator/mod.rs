@@ -24,9 +24,12 @@ use crate::error::NodeError;
 use crate::handoff::Handoff;
 use crate::placement::{Partitioner, Placement, WriteSets};
 use crate::replica::{Entries, Replicas};
-use crate::version::{Dot, Record, VersionVector};
+use crate::version::{ContextLimits, Dot, Record, VersionVector};
 use clock::DotClock;
 use quorum::{collect, not_reached, required, QuorumTracker};
+
+/// Longest node id: the actor name in every version vector.
+pub const MAX_NODE_ID_BYTES: usize = 255;
 
 /// Most entries of one batch being written at once (well under the replica queues'
 /// bound, so a batch never fills a queue by itself).
@@ -159,22 +162,36 @@ where
         Ok(())
     }
 
-    fn parse_context(context: &[u8]) -> Result<VersionVector, NodeError> {
-        VersionVector::from_context(context).map_err(|e| {
+    fn parse_context(&self, context: &[u8]) -> Result<VersionVector, NodeError> {
+        let limits = ContextLimits {
+            max_bytes: self.settings.max_context_bytes,
+            max_actor_bytes: MAX_NODE_ID_BYTES,
+            max_ahead_micros: self.settings.max_clock_skew.as_micros() as u64,
+        };
+        VersionVector::from_client_context(context, &limits, clock::now_micros()).map_err(|e| {
             NodeError::InvalidArgument(format!(
                 "context is not valid ({e}): pass the context returned by a Get of this key unchanged, or none"
             ))
         })
     }
 
-    fn now_record(&self, mut context: VersionVector, value: Option<Vec<u8>>) -> Record {
+    fn now_record(
+        &self,
+        mut context: VersionVector,
+        value: Option<Vec<u8>>,
+    ) -> Result<Record, NodeError> {
         context.prune(self.settings.max_vector_entries);
-        let counter = self.clock.next(context.get(&self.local.id));
+        let counter = self.clock.next(context.get(&self.local.id)).ok_or_else(|| {
+            NodeError::Unavailable(format!(
+                "node {} has no write counter left (its dot clock reached the end of its range); coordinate writes through another node",
+                self.local.id
+            ))
+        })?;
         let dot = Dot {
             actor: self.local.id.clone(),
             counter,
         };
-        Record::write(dot, context, counter / 1000, value)
+        Ok(Record::write(dot, context, counter / 1000, value))
     }
 
     /// The replicas a write of `key` must reach and the acknowledgements it needs.
@@ -201,9 +218,9 @@ where
         if let Some(v) = &value {
             self.check_value(v)?;
         }
-        let context = Self::parse_context(context)?;
+        let context = self.parse_context(context)?;
         let (sets, needed) = self.write_plan(&key, consistency)?;
-        let record = self.now_record(context, value);
+        let record = self.now_record(context, value)?;
         let new_context = record.context();
         self.replicate(sets, vec![(key, record)], needed).await?;
         Ok(new_context)
@@ -235,14 +252,15 @@ where
             if let Some(v) = &e.value {
                 self.check_value(v).map_err(at)?;
             }
-            let ctx = Self::parse_context(&e.context).map_err(at)?;
+            let ctx = self.parse_context(&e.context).map_err(at)?;
             let (sets, needed) = self.write_plan(&e.key, consistency)?;
             prepared.push((e.key, e.value, ctx, sets, needed));
         }
         let writes = prepared.into_iter().map(|(key, value, ctx, sets, needed)| {
             let record = self.now_record(ctx, value);
-            let new_context = record.context();
             async move {
+                let record = record?;
+                let new_context = record.context();
                 self.replicate(sets, vec![(key, record)], needed).await?;
                 Ok::<_, NodeError>(new_context)
             }

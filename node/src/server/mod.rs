@@ -53,6 +53,8 @@ pub fn settings(config: &Config) -> NodeSettings {
         max_key_bytes: config.limits.max_key_bytes,
         max_value_bytes: config.limits.max_value_bytes,
         max_batch_entries: config.limits.max_batch_entries,
+        max_context_bytes: config.limits.max_context_bytes,
+        max_clock_skew: config.limits.max_clock_skew,
         hinted_handoff: r.hinted_handoff,
         hints_count_toward_w: r.hints_count_toward_w,
         hint_replay_interval: r.hint_replay_interval,
@@ -81,6 +83,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let settings = settings(&config);
+    let local = config.local_node();
+    if local.id.len() > crate::coordinator::MAX_NODE_ID_BYTES {
+        return Err(StartupError(format!(
+            "invalid setting node_id = {:?}: it is {} bytes, node ids are at most {} bytes (they name the writer in every version); choose a shorter --node-id",
+            local.id,
+            local.id.len(),
+            crate::coordinator::MAX_NODE_ID_BYTES
+        )));
+    }
     let membership = match config.membership.kind {
         MembershipKind::Static => {
             let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
