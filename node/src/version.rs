@@ -198,6 +198,18 @@ const RECORD_FORMAT: u8 = 1;
 const CONTEXT_FORMAT: u8 = 1;
 
 impl Record {
+    /// About how many bytes the record takes encoded (values, plus a small allowance per
+    /// sibling and per actor), without encoding it.
+    pub fn approx_bytes(&self) -> usize {
+        let siblings: usize = self
+            .siblings
+            .iter()
+            .map(|s| s.value.as_ref().map_or(0, Vec::len) + s.dot.actor.len() + 24)
+            .sum();
+        let seen: usize = self.seen.iter().map(|(a, _)| a.len() + 10).sum();
+        siblings + seen + 8
+    }
+
     /// The record of a single new write with causal context `context`.
     pub fn write(
         dot: Dot,
@@ -632,6 +644,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn approx_bytes_is_close_to_the_encoding(a in arb_record()) {
+            let real = a.encode().len();
+            let approx = a.approx_bytes();
+            prop_assert!(approx + 16 >= real && approx <= real * 4 + 64, "{approx} vs {real}");
+        }
+
+
         #[test]
         fn merge_is_a_join(a in arb_record(), b in arb_record(), c in arb_record()) {
             prop_assert_eq!(merged(&a, &b), merged(&b, &a));

@@ -241,3 +241,33 @@ async fn a_full_replica_queue_turns_writes_into_hints_and_loses_none() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_coalesced_past_the_message_limit_are_split_and_all_answered() {
+    let (net, nodes) = cluster(3, 3, &settings());
+    let value = vec![7u8; 100_000];
+    for i in 0..32 {
+        nodes[0]
+            .node
+            .put(
+                format!("big-{i}").into(),
+                Some(value.clone()),
+                b"",
+                Consistency::All,
+            )
+            .await
+            .unwrap();
+    }
+    // Three records fit in a message, 32 do not: coalesced reads must split.
+    net.set_max_message_bytes(350_000);
+    let reads: Vec<_> = (0..32)
+        .map(|i| {
+            let node = nodes[1].node.clone();
+            tokio::spawn(async move { node.get(format!("big-{i}").into(), Consistency::All).await })
+        })
+        .collect();
+    for r in reads {
+        let got = r.await.unwrap().expect("every read is answered");
+        assert_eq!(got.values, vec![value.clone()]);
+    }
+}

@@ -212,3 +212,85 @@ async fn a_killed_node_is_seen_dead_by_the_others_and_alive_after_a_restart() ->
     wait_liveness(&addrs[1], &addrs[2], "alive", Duration::from_secs(15)).await?;
     Ok(())
 }
+
+/// The largest value the node accepts (`limits.max_value_bytes`, here 4.5 MiB: over gRPC's
+/// 4 MiB default) is written, read, overwritten and deleted at every level; 32
+/// concurrent quorum reads of 1 MiB values (coalesced into peer calls) all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_accepted_value_is_served_at_every_level_in_a_cluster() -> anyhow::Result<()> {
+    use distkv_proto::v1::DeleteRequest;
+    let limit: usize = 4_718_592;
+    let dir = tempfile::tempdir()?;
+    let nodes = tokio::task::block_in_place(|| {
+        start_loopback_cluster(
+            dir.path(),
+            &[("DISTKV_LIMITS__MAX_VALUE_BYTES", &limit.to_string())],
+        )
+    })?;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let mut writer = connect(&addrs[0]).await?;
+    let mut reader = connect(&addrs[1]).await?;
+    let read = |c: &mut distkv_proto::v1::key_value_client::KeyValueClient<_>, key: &str, level| {
+        let get = GetRequest {
+            key: key.as_bytes().to_vec().into(),
+            consistency: level as i32,
+        };
+        let mut c = c.clone();
+        async move { c.get(get).await.map(|r| r.into_inner()) }
+    };
+    for level in [Consistency::One, Consistency::Quorum, Consistency::All] {
+        let key = format!("max-{}", level as i32);
+        for (round, byte) in [b'a', b'b'].into_iter().enumerate() {
+            let context = read(&mut reader, &key, level).await?.context;
+            writer
+                .put(PutRequest {
+                    key: key.clone().into_bytes().into(),
+                    value: vec![byte; limit].into(),
+                    context,
+                    consistency: level as i32,
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("put #{round} at {level:?}: {e}"))?;
+            let got = read(&mut reader, &key, Consistency::All).await?;
+            anyhow::ensure!(
+                got.values.len() == 1 && got.values[0].len() == limit && got.values[0][0] == byte,
+                "read after put #{round} at {level:?}: {} values",
+                got.values.len()
+            );
+        }
+        let context = read(&mut reader, &key, level).await?.context;
+        writer
+            .delete(DeleteRequest {
+                key: key.clone().into_bytes().into(),
+                context,
+                consistency: level as i32,
+            })
+            .await?;
+        anyhow::ensure!(
+            !read(&mut reader, &key, Consistency::All).await?.found,
+            "{key} still found after the delete at {level:?}"
+        );
+    }
+    let mib = vec![b'm'; 1 << 20];
+    for i in 0..32 {
+        writer
+            .put(PutRequest {
+                key: format!("mib-{i}").into_bytes().into(),
+                value: mib.clone().into(),
+                context: Default::default(),
+                consistency: Consistency::All as i32,
+            })
+            .await?;
+    }
+    let reads: Vec<_> = (0..32)
+        .map(|i| {
+            let r = read(&mut reader, &format!("mib-{i}"), Consistency::Quorum);
+            tokio::spawn(r)
+        })
+        .collect();
+    for (i, r) in reads.into_iter().enumerate() {
+        let got = r.await??;
+        anyhow::ensure!(got.values == vec![mib.clone()], "mib-{i} read back wrong");
+    }
+    Ok(())
+}

@@ -68,6 +68,9 @@ pub struct Replicas<S: StorageEngine + ?Sized, T: Transport> {
 
 /// Most entries coalesced into one replica write call, and keys into one read call.
 const MAX_COALESCED: usize = 1024;
+/// About the most bytes of records coalesced into one replica write call (a single
+/// larger write goes alone), well under the peer message limit.
+const MAX_COALESCED_BYTES: usize = 8 << 20;
 
 impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
     /// Replicas reached from `local`: its own through `store`, the others through
@@ -209,16 +212,43 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
         })
     }
 
-    /// Reads `keys` from a remote replica in one call.
+    /// Reads `keys` from a remote replica: in one call, or, when the answer would be
+    /// over the peer message limit, in halves (recursively) until each part fits.
     async fn fetch(
         &self,
         replica: &NodeInfo,
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<Option<Record>>, ReplicaError> {
+        let keys: Vec<bytes::Bytes> = keys.into_iter().map(Into::into).collect();
+        self.fetch_parts(replica, &keys).await
+    }
+
+    fn fetch_parts<'a>(
+        &'a self,
+        replica: &'a NodeInfo,
+        keys: &'a [bytes::Bytes],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Option<Record>>, ReplicaError>> {
+        Box::pin(async move {
+            match self.fetch_once(replica, keys.to_vec()).await {
+                Err(ReplicaError::Peer(PeerError::TooLarge { .. })) if keys.len() > 1 => {
+                    let (first, second) = keys.split_at(keys.len() / 2);
+                    let mut records = self.fetch_parts(replica, first).await?;
+                    records.extend(self.fetch_parts(replica, second).await?);
+                    Ok(records)
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// Reads `keys` from a remote replica in one call.
+    async fn fetch_once(
+        &self,
+        replica: &NodeInfo,
+        keys: Vec<bytes::Bytes>,
+    ) -> Result<Vec<Option<Record>>, ReplicaError> {
         let n = keys.len();
-        let request = PeerReadRequest {
-            keys: keys.into_iter().map(Into::into).collect(),
-        };
+        let request = PeerReadRequest { keys };
         let response = self
             .transport
             .call(replica, request, self.timeout)
@@ -254,7 +284,13 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
                 let (weak, target) = (weak.clone(), target.clone());
                 Box::pin(async move { alive(&weak)?.send(&target, entries).await })
             });
-            WriteBatcher::spawn(self.queue_depth, 1, MAX_COALESCED, send)
+            WriteBatcher::spawn(
+                self.queue_depth,
+                1,
+                MAX_COALESCED,
+                MAX_COALESCED_BYTES,
+                send,
+            )
         })
     }
 

@@ -26,6 +26,8 @@ pub type SendBatch = Arc<
 
 struct Pending {
     entries: Arc<Entries>,
+    /// Approximate encoded size of `entries`.
+    bytes: usize,
     done: oneshot::Sender<Result<(), ReplicaError>>,
 }
 
@@ -37,22 +39,44 @@ pub struct WriteBatcher {
 
 impl WriteBatcher {
     /// Starts the queue: at most `depth` writes waiting, at most `max_in_flight` batches
-    /// in flight, each of at most about `max_entries` entries (a single write larger than
-    /// that still leaves whole).
-    pub fn spawn(depth: usize, max_in_flight: usize, max_entries: usize, send: SendBatch) -> Self {
+    /// in flight, each of at most `max_entries` entries and about `max_bytes` bytes (a
+    /// single write larger than that still leaves whole, alone), so that a coalesced
+    /// call stays within the peer message limit.
+    pub fn spawn(
+        depth: usize,
+        max_in_flight: usize,
+        max_entries: usize,
+        max_bytes: usize,
+        send: SendBatch,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(depth.max(1));
         let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            // A write that would have taken a group past `max_bytes` starts the next one.
+            let mut carried: Option<Pending> = None;
+            loop {
+                let first = match carried.take() {
+                    Some(p) => p,
+                    None => match rx.recv().await {
+                        Some(p) => p,
+                        None => break,
+                    },
+                };
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
+                let mut count = first.entries.len();
+                let mut bytes = first.bytes;
                 let mut group = vec![first];
-                let mut count = group[0].entries.len();
-                while count < max_entries {
+                while count < max_entries && bytes < max_bytes {
                     match rx.try_recv() {
+                        Ok(p) if bytes + p.bytes > max_bytes => {
+                            carried = Some(p);
+                            break;
+                        }
                         Ok(p) => {
                             count += p.entries.len();
+                            bytes += p.bytes;
                             group.push(p);
                         }
                         Err(_) => break,
@@ -79,8 +103,16 @@ impl WriteBatcher {
     /// queue refuses it at once.
     pub async fn write(&self, entries: Arc<Entries>) -> Result<(), ReplicaError> {
         let (done, rx) = oneshot::channel();
+        let bytes = entries
+            .iter()
+            .map(|(k, r)| k.len() + r.approx_bytes())
+            .sum();
         self.tx
-            .try_send(Pending { entries, done })
+            .try_send(Pending {
+                entries,
+                bytes,
+                done,
+            })
             .map_err(|e| queue_error(e, self.tx.max_capacity()))?;
         rx.await.map_err(|_| ReplicaError::ShuttingDown)?
     }
@@ -212,7 +244,7 @@ mod tests {
                 })
             })
         };
-        let batcher = WriteBatcher::spawn(1024, 1, 1000, send);
+        let batcher = WriteBatcher::spawn(1024, 1, 1000, usize::MAX, send);
         let first = {
             let b = batcher.clone();
             tokio::spawn(async move { b.write(entry(0)).await })
@@ -271,6 +303,70 @@ mod tests {
         assert!(calls.load(Ordering::SeqCst) <= 50);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn coalesced_writes_stay_under_the_byte_budget() {
+        let sizes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        let send: SendBatch = {
+            let sizes = sizes.clone();
+            Arc::new(move |entries: Entries| {
+                let bytes: usize = entries
+                    .iter()
+                    .map(|(k, r)| k.len() + r.approx_bytes())
+                    .sum();
+                sizes.lock().push((entries.len(), bytes));
+                let mut release = release_rx.clone();
+                Box::pin(async move {
+                    let _ = release.wait_for(|r| *r).await;
+                    Ok(())
+                })
+            })
+        };
+        let budget = 10_000;
+        let batcher = WriteBatcher::spawn(1024, 1, 1000, budget, send);
+        let big = |i: u64| {
+            let mut e = entry(i);
+            let (k, r) = Arc::make_mut(&mut e).pop().unwrap();
+            let r = Record::write(
+                r.siblings[0].dot.clone(),
+                VersionVector::new(),
+                0,
+                Some(vec![7; 3000]),
+            );
+            Arc::new(vec![(k, r)])
+        };
+        let writes: Vec<_> = (0..20)
+            .map(|i| {
+                let b = batcher.clone();
+                let e = big(i);
+                tokio::spawn(async move { b.write(e).await })
+            })
+            .collect();
+        while sizes.lock().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(true).unwrap();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+        let sizes = sizes.lock().clone();
+        assert_eq!(
+            sizes.iter().map(|s| s.0).sum::<usize>(),
+            20,
+            "every write sent once"
+        );
+        assert!(sizes.len() < 20, "writes were still coalesced: {sizes:?}");
+        for (n, bytes) in &sizes {
+            assert!(
+                *bytes <= budget || *n == 1,
+                "a group over the budget: {sizes:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_the_queued_writes_still_finish() {
         let (release_tx, release_rx) = tokio::sync::watch::channel(false);
@@ -281,7 +377,7 @@ mod tests {
                 Ok(())
             })
         });
-        let batcher = WriteBatcher::spawn(2, 1, 1, send);
+        let batcher = WriteBatcher::spawn(2, 1, 1, usize::MAX, send);
         let writes: Vec<_> = (0..10)
             .map(|i| {
                 let b = batcher.clone();
@@ -319,7 +415,7 @@ mod tests {
     async fn a_failed_batch_fails_every_write_in_it() {
         let send: SendBatch =
             Arc::new(|_| Box::pin(async { Err(ReplicaError::BadAnswer("peer down".into())) }));
-        let batcher = WriteBatcher::spawn(8, 2, 10, send);
+        let batcher = WriteBatcher::spawn(8, 2, 10, usize::MAX, send);
         assert_eq!(
             batcher.write(entry(1)).await,
             Err(ReplicaError::BadAnswer("peer down".into()))
