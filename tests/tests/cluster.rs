@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use distkv_proto::v1::{Consistency, GetRequest, PutRequest};
-use distkv_tests::{connect, hints_pending, start_loopback_cluster, wait_for_no_hints};
+use distkv_tests::{
+    connect, hints_pending, run_client, start_loopback_cluster, stderr, wait_for_no_hints,
+};
 
 /// What the cluster acknowledged: the latest acknowledged value of each key.
 type History = BTreeMap<String, String>;
@@ -207,6 +209,25 @@ async fn a_killed_node_is_seen_dead_by_the_others_and_alive_after_a_restart() ->
     wait_liveness(&addrs[0], &addrs[2], "dead", Duration::from_secs(15)).await?;
     wait_liveness(&addrs[1], &addrs[2], "dead", Duration::from_secs(15)).await?;
     assert_eq!(liveness_seen_by(&addrs[0], &addrs[1]).await?, "alive");
+    // A write that misses its quorum (ALL with a node down) is not confirmed but may
+    // still land: exit code 5, unlike a refused request (4: nothing written).
+    let missed = tokio::task::block_in_place(|| {
+        run_client(
+            &addrs[0],
+            &["--consistency", "all", "put", "--blind", "k", "v"],
+            None,
+        )
+    });
+    assert_eq!(missed.status.code(), Some(5), "{}", stderr(&missed));
+    assert!(
+        stderr(&missed).contains("may still land")
+            && stderr(&missed).contains("quorum not reached"),
+        "{}",
+        stderr(&missed)
+    );
+    let refused =
+        tokio::task::block_in_place(|| run_client(&addrs[0], &["put", "--blind", "", "v"], None));
+    assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
     tokio::task::block_in_place(|| nodes[2].restart())?;
     wait_liveness(&addrs[0], &addrs[2], "alive", Duration::from_secs(15)).await?;
     wait_liveness(&addrs[1], &addrs[2], "alive", Duration::from_secs(15)).await?;

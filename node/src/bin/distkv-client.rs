@@ -96,6 +96,18 @@ impl Failure {
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code::*;
+        if s.metadata()
+            .get("distkv-write-outcome")
+            .is_some_and(|v| v == "uncertain")
+        {
+            let msg = s.message().lines().next().unwrap_or("").to_string();
+            return Failure {
+                code: 5,
+                message: format!(
+                    "write not confirmed, it may still land (read the key to see): {msg}"
+                ),
+            };
+        }
         let code = match s.code() {
             Unavailable | DeadlineExceeded | Cancelled => 3,
             _ => 4,

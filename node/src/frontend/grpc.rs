@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{BatchEntry, Consistency};
 use crate::coordinator::Node;
+use crate::error::NodeError;
 use crate::placement::Partitioner;
 
 /// The `KeyValue` service of one node.
@@ -38,6 +39,23 @@ where
             virtual_nodes,
         }
     }
+}
+
+/// Metadata key on a failed write's status: `uncertain` when the write reached some
+/// replica (or a hint) and may still land, although its quorum was not confirmed.
+pub const WRITE_OUTCOME: &str = "distkv-write-outcome";
+
+/// The status of a failed write, marked `uncertain` when the write may still land.
+fn write_status(e: NodeError) -> Status {
+    let uncertain = matches!(e, NodeError::QuorumNotReached { .. });
+    let mut status = Status::from(e);
+    if uncertain {
+        status.metadata_mut().insert(
+            WRITE_OUTCOME,
+            tonic::metadata::MetadataValue::from_static("uncertain"),
+        );
+    }
+    status
 }
 
 fn consistency(raw: i32) -> Result<Consistency, Status> {
@@ -66,7 +84,8 @@ where
         let ctx = self
             .node
             .put(r.key.to_vec(), Some(r.value.to_vec()), &r.context, c)
-            .await?;
+            .await
+            .map_err(write_status)?;
         Ok(Response::new(PutResponse {
             context: ctx.to_context().into(),
         }))
@@ -89,7 +108,11 @@ where
     ) -> Result<Response<DeleteResponse>, Status> {
         let r = request.into_inner();
         let c = consistency(r.consistency)?;
-        let ctx = self.node.put(r.key.to_vec(), None, &r.context, c).await?;
+        let ctx = self
+            .node
+            .put(r.key.to_vec(), None, &r.context, c)
+            .await
+            .map_err(write_status)?;
         Ok(Response::new(DeleteResponse {
             context: ctx.to_context().into(),
         }))
@@ -110,7 +133,7 @@ where
                 context: e.context.to_vec(),
             })
             .collect();
-        let contexts = self.node.batch(entries, c).await?;
+        let contexts = self.node.batch(entries, c).await.map_err(write_status)?;
         Ok(Response::new(BatchPutResponse {
             contexts: contexts
                 .into_iter()
