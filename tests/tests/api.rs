@@ -168,6 +168,19 @@ async fn bad_input_is_refused_with_a_clear_message_and_loses_nothing() -> anyhow
         16 * 1024 * 1024
     );
 
+    // A request over the server's message limit is refused as bad input naming the
+    // settings, not with gRPC's raw "message length too large".
+    let huge = vec![7u8; 100 * 1024 * 1024];
+    let e = c.put(put(b"huge", &huge, b"")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message().contains("limits.max_value_bytes = 16777216"),
+        "{}",
+        e.message()
+    );
+    drop(huge);
+    assert!(!c.get(get(b"huge")).await?.into_inner().found);
+
     // An empty value is a value.
     c.put(put(b"empty", b"", b"")).await?;
     let r = c.get(get(b"empty")).await?.into_inner();

@@ -2,5 +2,7 @@
 //! service.
 
 mod grpc;
+mod limits;
 
-pub use grpc::KeyValueService;
+pub use grpc::{KeyValueService, WRITE_OUTCOME};
+pub use limits::OversizeLayer;

@@ -20,7 +20,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::{NodeSettings, ReadRepair};
 use crate::assembly::{assemble, Assembled};
 use crate::config::{Config, ConflictMode, MembershipKind, ReadRepairMode, TransportKind};
-use crate::frontend::KeyValueService;
+use crate::frontend::{KeyValueService, OversizeLayer};
 use crate::placement::{HashRing, Partitioner};
 use crate::supervisor::Supervisor;
 use crate::version::ConflictPolicy;
@@ -215,6 +215,11 @@ where
     });
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(OversizeLayer::new(
+            config.limits.max_key_bytes,
+            config.limits.max_value_bytes,
+            config.limits.max_batch_entries,
+        ))
         .add_service(kv)
         .add_service(PeerService::server(
             parts.peer.clone(),
