@@ -77,6 +77,15 @@ pub struct NodeSettings {
     pub max_background_repairs: usize,
     /// How often every member is pinged to feed the failure detector.
     pub probe_interval: Duration,
+    /// Most connections open at once on the listener; one beyond is closed at once.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (live ones answer the
+    /// server's HTTP/2 pings, sent at a third of it).
+    pub idle_timeout: Duration,
+    /// Most HTTP/2 streams (requests) open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// Most client requests in flight; one beyond is answered RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for NodeSettings {
@@ -102,6 +111,10 @@ impl Default for NodeSettings {
             replica_queue_depth: 4096,
             max_background_repairs: 1024,
             probe_interval: Duration::from_secs(1),
+            max_connections: 4096,
+            idle_timeout: Duration::from_secs(60),
+            max_streams_per_connection: 1024,
+            max_concurrent_requests: 8192,
         }
     }
 }

@@ -175,6 +175,15 @@ pub struct LimitsConfig {
     /// node's clock was issued by no node and is refused.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// Most connections open at once on the listener; one beyond is closed at once.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most HTTP/2 streams (requests) open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// Most client requests in flight; one beyond is answered RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for LimitsConfig {
@@ -187,6 +196,10 @@ impl Default for LimitsConfig {
             max_batch_entries: d.max_batch_entries,
             max_context_bytes: d.max_context_bytes,
             max_clock_skew: d.max_clock_skew,
+            max_connections: d.max_connections,
+            idle_timeout: d.idle_timeout,
+            max_streams_per_connection: d.max_streams_per_connection,
+            max_concurrent_requests: d.max_concurrent_requests,
         }
     }
 }

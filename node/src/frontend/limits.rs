@@ -1,7 +1,10 @@
-//! Oversized client requests: tonic refuses a message over the server's decoding limit
-//! with `OUT_OF_RANGE` and a message naming only its byte limit. This layer turns that
-//! answer, on the client API only, into `INVALID_ARGUMENT` naming the settings the limit
-//! comes from, so the client learns what to change.
+//! Limits on client requests, as tower layers on the client API:
+//!
+//! * [`OversizeLayer`]: tonic refuses a message over the server's decoding limit with
+//!   `OUT_OF_RANGE` and a message naming only its byte limit; this turns that answer
+//!   into `INVALID_ARGUMENT` naming the settings the limit comes from.
+//! * [`ShedLayer`]: at most `limits.max_concurrent_requests` client requests in flight;
+//!   beyond, `RESOURCE_EXHAUSTED` at once.
 
 use std::task::{Context, Poll};
 
@@ -145,5 +148,146 @@ mod tests {
         other.insert("grpc-message", HeaderValue::from_static("quorum"));
         rewrite(&layer, &mut other);
         assert_eq!(other["grpc-status"], "14");
+    }
+}
+
+/// Sheds client requests beyond a bound on those in flight: the request is answered at
+/// once with `RESOURCE_EXHAUSTED` (a client should back off and retry) instead of
+/// queueing without bound. Peer calls are not shed here: their queues bound them.
+#[derive(Clone, Debug)]
+pub struct ShedLayer {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl ShedLayer {
+    /// At most `max` client requests in flight.
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        ShedLayer {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`ShedLayer`].
+#[derive(Clone, Debug)]
+pub struct Shed<S> {
+    inner: S,
+    layer: ShedLayer,
+}
+
+impl<S, B, R> Service<http::Request<B>> for Shed<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    R: Default,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !request.uri().path().starts_with(CLIENT_API) {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(slot) = self.layer.slots.clone().try_acquire_owned() else {
+            let max = self.layer.max;
+            tracing::debug!(
+                max,
+                "client request shed: limits.max_concurrent_requests reached"
+            );
+            return Box::pin(async move { Ok(overloaded(max)) });
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(slot);
+            response
+        })
+    }
+}
+
+/// A trailers-only gRPC answer: RESOURCE_EXHAUSTED, naming the limit.
+fn overloaded<R: Default>(max: usize) -> http::Response<R> {
+    let mut response = http::Response::new(R::default());
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static("8"));
+    if let Ok(message) = HeaderValue::from_str(&format!(
+        "node overloaded: {max} client requests in flight (limits.max_concurrent_requests); back off and retry, or spread requests over more nodes"
+    )) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+#[cfg(test)]
+mod shed_tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
+
+    /// A service whose answers wait until `release` fires.
+    #[derive(Clone)]
+    struct Held(tokio::sync::watch::Receiver<bool>);
+
+    impl Service<http::Request<()>> for Held {
+        type Response = http::Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let mut release = self.0.clone();
+            Box::pin(async move {
+                let _ = release.wait_for(|r| *r).await;
+                Ok(http::Response::new("served".to_string()))
+            })
+        }
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_bound_are_shed_at_once_and_peers_are_not() {
+        let (release, held) = tokio::sync::watch::channel(false);
+        let mut svc = ShedLayer::new(2).layer(Held(held));
+        let first = tokio::spawn(svc.call(request("/distkv.v1.KeyValue/Put")));
+        let second = tokio::spawn(svc.call(request("/distkv.v1.KeyValue/Get")));
+        let shed = svc.call(request("/distkv.v1.KeyValue/Get")).await.unwrap();
+        assert_eq!(shed.headers()["grpc-status"], "8");
+        let message = shed.headers()["grpc-message"].to_str().unwrap();
+        assert!(
+            message.contains("limits.max_concurrent_requests"),
+            "{message}"
+        );
+        // Peer calls are bounded elsewhere and pass.
+        let peer = tokio::spawn(svc.call(request("/distkv.v1.Peer/Call")));
+        release.send(true).unwrap();
+        for held in [first, second, peer] {
+            assert_eq!(held.await.unwrap().unwrap().body(), "served");
+        }
+        // Slots come back when requests finish.
+        let again = svc.call(request("/distkv.v1.KeyValue/Get")).await.unwrap();
+        assert_eq!(again.body(), "served");
     }
 }

@@ -4,7 +4,10 @@
 //! transport was chosen: [`run`] names the implementations the configuration asks for
 //! and hands them to the generic [`assemble`](crate::assembly::assemble).
 
+mod listener;
 mod storage;
+
+use listener::ConnectionLimits;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,12 +18,11 @@ use distkv_network::{
     DetectorSettings, GrpcTransport, Membership, PeerService, StaticMembership, Transport,
 };
 use distkv_proto::v1::key_value_server::KeyValueServer;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{NodeSettings, ReadRepair};
 use crate::assembly::{assemble, Assembled};
 use crate::config::{Config, ConflictMode, MembershipKind, ReadRepairMode, TransportKind};
-use crate::frontend::{KeyValueService, OversizeLayer};
+use crate::frontend::{KeyValueService, OversizeLayer, ShedLayer};
 use crate::placement::{HashRing, Partitioner};
 use crate::supervisor::Supervisor;
 use crate::version::ConflictPolicy;
@@ -55,6 +57,10 @@ pub fn settings(config: &Config) -> NodeSettings {
         max_batch_entries: config.limits.max_batch_entries,
         max_context_bytes: config.limits.max_context_bytes,
         max_clock_skew: config.limits.max_clock_skew,
+        max_connections: config.limits.max_connections,
+        idle_timeout: config.limits.idle_timeout,
+        max_streams_per_connection: config.limits.max_streams_per_connection,
+        max_concurrent_requests: config.limits.max_concurrent_requests,
         hinted_handoff: r.hinted_handoff,
         hints_count_toward_w: r.hints_count_toward_w,
         hint_replay_interval: r.hint_replay_interval,
@@ -213,12 +219,20 @@ where
         let _ = stopping_tx.send(());
         let _ = stop_tx.send(());
     });
+    let l = &config.limits;
+    // Pings at a third of the idle timeout keep live connections busy and find dead
+    // ones: a connection that does not answer one within its timeout is closed.
+    let ping_every = (l.idle_timeout / 3).max(Duration::from_millis(100));
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(l.max_streams_per_connection)
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_every))
+        .layer(ShedLayer::new(l.max_concurrent_requests))
         .layer(OversizeLayer::new(
-            config.limits.max_key_bytes,
-            config.limits.max_value_bytes,
-            config.limits.max_batch_entries,
+            l.max_key_bytes,
+            l.max_value_bytes,
+            l.max_batch_entries,
         ))
         .add_service(kv)
         .add_service(PeerService::server(
@@ -227,7 +241,13 @@ where
         ))
         .add_service(reflection)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            listener::incoming(
+                listener,
+                ConnectionLimits {
+                    max_connections: l.max_connections,
+                    idle_timeout: l.idle_timeout,
+                },
+            ),
             async {
                 let _ = stop_rx.await;
             },
