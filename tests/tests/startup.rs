@@ -484,7 +484,7 @@ fn print_config_shows_the_defaulted_node_id_and_advertise_address() -> anyhow::R
     Ok(())
 }
 
-/// Runs a node with stderr on a pipe until it listens, stops it, and returns its stderr.
+/// Runs a node with stderr on a pipe until it serves, stops it, and returns its stderr.
 fn stderr_of_a_node_on_a_pipe(envs: &[(&str, &str)]) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let addr = format!("127.0.0.1:{}", free_port());
@@ -499,11 +499,15 @@ fn stderr_of_a_node_on_a_pipe(envs: &[(&str, &str)]) -> anyhow::Result<String> {
         cmd.env(k, v);
     }
     let child = cmd.spawn()?;
+    // Serving a request, not just listening: by then the node watches SIGTERM.
     let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
+    while !distkv_tests::run_client(&addr, &["put", "k", "v"], None)
+        .status
+        .success()
+    {
         anyhow::ensure!(
             started.elapsed() < std::time::Duration::from_secs(20),
-            "the node did not listen on {addr}"
+            "the node did not serve on {addr}"
         );
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
