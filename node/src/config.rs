@@ -5,13 +5,14 @@
 //! [`load`] merges the layers and [`Config::validate`] checks the result; both name the
 //! setting and the layer a bad value came from, so an operator knows what to fix where.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use distkv_network::{parse_seed, NodeInfo};
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::value::{Dict, Map};
+use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
@@ -26,13 +27,11 @@ pub const ENV_PREFIX: &str = "DISTKV_";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Stable identity of the node in the cluster. Default: the advertise address.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
     /// `HOST:PORT` to listen on for clients and peers.
     pub address: String,
     /// `HOST:PORT` peers and clients should dial. Default: the listen address (required
     /// when listening on 0.0.0.0 or ::).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_address: Option<String>,
     /// Directory of the node's data (created if missing).
     pub data_dir: PathBuf,
@@ -280,7 +279,6 @@ pub enum EngineKind {
 #[serde(default, deny_unknown_fields)]
 pub struct PluginConfig {
     /// Path of the shared library.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// Options handed to the plugin's `open`, as a JSON object (the node adds `data_dir`).
     pub options: Map<String, figment::value::Value>,
@@ -386,6 +384,9 @@ pub struct ConfigError(pub String);
 pub struct LoadedConfig {
     /// The merged, validated configuration.
     pub config: Config,
+    /// Things the operator should hear about that do not stop the node, one line each
+    /// (such as a `DISTKV_*` environment variable that names no setting and was ignored).
+    pub warnings: Vec<String>,
     figment: Figment,
 }
 
@@ -404,16 +405,119 @@ fn describe_source(metadata: Option<&Metadata>, key: &str) -> String {
         return format!("config file {}", path.display());
     }
     if md.name.contains("environment") {
-        return format!(
-            "environment variable {ENV_PREFIX}{}",
-            key.replace('.', "__").to_ascii_uppercase()
-        );
+        return format!("environment variable {}", env_var_name(key));
     }
     if md.name == FLAGS_LAYER {
         let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
         return format!("command-line flag --{flag}");
     }
     "built-in default".to_string()
+}
+
+/// The `DISTKV_*` environment variables, as figment maps them to dotted keys
+/// (`DISTKV_REPLICATION__READ_QUORUM` is `replication.read_quorum`). `DISTKV_CONFIG` names
+/// the config file, not a setting.
+fn env_layer() -> Env {
+    Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"])
+}
+
+/// The environment variable that sets a dotted key.
+fn env_var_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// Keys under which any name is a setting: the storage plugin's own options.
+const FREE_FORM_KEYS: &[&str] = &["storage.plugin.options"];
+
+/// The dotted key of every setting and table of settings, lower-case, read from the
+/// defaults so that a new field is known without being listed here.
+fn known_keys() -> BTreeSet<String> {
+    fn collect(prefix: &str, dict: &Dict, keys: &mut BTreeSet<String>) {
+        for (name, value) in dict {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            if let Value::Dict(_, inner) = value {
+                collect(&key, inner, keys);
+            }
+            keys.insert(key);
+        }
+    }
+    let mut keys = BTreeSet::new();
+    // Serializing the defaults cannot fail (every field is plain data); an empty set would
+    // only make every variable a warning.
+    if let Ok(data) = Serialized::defaults(Config::default()).data() {
+        for dict in data.values() {
+            collect("", dict, &mut keys);
+        }
+    }
+    keys
+}
+
+/// Whether a dotted key (any case) names a setting.
+fn names_a_setting(known: &BTreeSet<String>, key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    known.contains(&key)
+        || FREE_FORM_KEYS.iter().any(|free| {
+            key.strip_prefix(free)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+}
+
+/// One warning per `DISTKV_*` variable that names no setting. Such variables are left out
+/// of the environment layer instead of stopping the node: shells carry them.
+fn unknown_env_vars(known: &BTreeSet<String>) -> Vec<String> {
+    let mut unknown: Vec<String> = env_layer()
+        .iter()
+        .map(|(key, _)| key.as_str().to_string())
+        .filter(|key| !names_a_setting(known, key))
+        .collect();
+    unknown.sort();
+    unknown
+        .iter()
+        .map(|key| {
+            let hint = match closest_key(known, key) {
+                Some(near) => format!("did you mean {}?", env_var_name(&near)),
+                None => "`distkv-server --print-config` shows every setting".to_string(),
+            };
+            format!(
+                "environment variable {} names no setting (ignored); {hint}",
+                env_var_name(key)
+            )
+        })
+        .collect()
+}
+
+/// The known key nearest to a mistyped one, if it is a typo away (a few edits).
+fn closest_key(known: &BTreeSet<String>, key: &str) -> Option<String> {
+    let key = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(k, &key), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 6))
+        .min()
+        .map(|(_, k)| k.clone())
+}
+
+/// Levenshtein distance over bytes.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// Merges the layers and validates the result.
@@ -428,8 +532,10 @@ pub fn load(config_file: Option<&Path>, flags: Flags) -> Result<LoadedConfig, Co
         }
         figment = figment.merge(Toml::file_exact(path));
     }
+    let known = known_keys();
+    let warnings = unknown_env_vars(&known);
     figment = figment
-        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]))
+        .merge(env_layer().filter(move |key| names_a_setting(&known, key.as_str())))
         .merge(flags);
     let config: Config = figment.extract().map_err(|e| {
         let e = e
@@ -445,15 +551,27 @@ pub fn load(config_file: Option<&Path>, flags: Flags) -> Result<LoadedConfig, Co
         };
         ConfigError(format!("invalid {what} (from {source}): {}", e.kind))
     })?;
-    let loaded = LoadedConfig { config, figment };
+    let loaded = LoadedConfig {
+        config,
+        warnings,
+        figment,
+    };
     loaded.config.validate(&loaded)?;
     Ok(loaded)
 }
 
 impl Config {
-    /// The effective configuration as TOML (what `--print-config` shows).
+    /// The effective configuration as TOML (what `--print-config` shows): every value the
+    /// node runs with, defaulted `node_id` and `advertise_address` included, so that the
+    /// text loads back to the same node.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self)
+        let me = self.local_node();
+        let effective = Config {
+            node_id: Some(me.id),
+            advertise_address: Some(me.address),
+            ..self.clone()
+        };
+        toml::to_string(&effective)
             .unwrap_or_else(|e| format!("# cannot render the configuration as TOML: {e}\n"))
     }
 
@@ -643,12 +761,8 @@ impl Config {
         }
         check_data_dir(&self.data_dir)
             .map_err(|why| bad("data_dir", &self.data_dir.display(), why))?;
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(bad(
-                "log.level",
-                &self.log.level,
-                format!("not a log filter: {e}"),
-            ));
+        if let Err(why) = crate::logging::parse_filter(&self.log.level) {
+            return Err(bad("log.level", &format!("{:?}", self.log.level), why));
         }
         Ok(())
     }
@@ -880,6 +994,123 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_environment_variable_is_a_warning_and_is_ignored() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("node.toml", "[replication]\nreplicas = 2\n")?;
+            jail.set_env("DISTKV_NOT_A_SETTING", "1");
+            jail.set_env("DISTKV_REPLICATION__REPLICAZ", "3");
+            jail.set_env("DISTKV_CONFIG", "node.toml");
+            jail.set_env("DISTKV_NODE_ID", "from-env");
+            jail.set_env("DISTKV_STORAGE__PLUGIN__OPTIONS__CACHE_MB", "64");
+            let loaded = load(Some(Path::new("node.toml")), Flags::default()).unwrap();
+            let w = &loaded.warnings;
+            assert_eq!(w.len(), 2, "{w:?}");
+            assert!(
+                w[0].starts_with(
+                    "environment variable DISTKV_NOT_A_SETTING names no setting (ignored)"
+                ),
+                "{w:?}"
+            );
+            assert!(
+                w[1].contains("DISTKV_REPLICATION__REPLICAZ")
+                    && w[1].contains("did you mean DISTKV_REPLICATION__REPLICAS?"),
+                "{w:?}"
+            );
+            assert!(!w.iter().any(|w| w.contains("DISTKV_CONFIG")), "{w:?}");
+            assert_eq!(loaded.config.node_id.as_deref(), Some("from-env"));
+            assert_eq!(loaded.config.replication.replicas, 2);
+            assert_eq!(
+                loaded.source_of("replication.replicas"),
+                "config file node.toml"
+            );
+            assert_eq!(
+                loaded.source_of("node_id"),
+                "environment variable DISTKV_NODE_ID"
+            );
+            assert!(loaded
+                .config
+                .storage
+                .plugin
+                .options
+                .contains_key("cache_mb"));
+
+            jail.clear_env();
+            assert!(load(None, Flags::default()).unwrap().warnings.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_file_is_still_an_error() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("typo.toml", "[replication]\nreplicaz = 3\n")?;
+            let msg = err_of(load(Some(Path::new("typo.toml")), Flags::default()));
+            assert!(msg.contains("setting replication.replicaz"), "{msg}");
+            assert!(msg.contains("config file typo.toml"), "{msg}");
+            jail.create_file("top.toml", "not_a_setting = 1\n")?;
+            let msg = err_of(load(Some(Path::new("top.toml")), Flags::default()));
+            assert!(
+                msg.contains("not_a_setting") && msg.contains("top.toml"),
+                "{msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_invalid_log_level_is_named_with_its_value_and_source() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("loud.toml", "[log]\nlevel = \"loud\"\n")?;
+            let msg = err_of(load(Some(Path::new("loud.toml")), Flags::default()));
+            assert!(
+                msg.contains("invalid setting log.level = \"loud\" (from config file loud.toml)"),
+                "{msg}"
+            );
+            jail.set_env("DISTKV_LOG__LEVEL", "distkv_node=shouty");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(
+                msg.contains("log.level = \"distkv_node=shouty\" (from environment variable DISTKV_LOG__LEVEL)"),
+                "{msg}"
+            );
+            jail.set_env("DISTKV_LOG__LEVEL", "warn,distkv_node=debug");
+            assert_eq!(
+                load(None, Flags::default()).unwrap().config.log.level,
+                "warn,distkv_node=debug"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn printed_config_shows_the_defaulted_identity() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let flags = Flags {
+                address: Some("127.0.0.1:9005".into()),
+                ..Default::default()
+            };
+            let first = load(None, flags).unwrap().config;
+            assert_eq!(first.node_id, None);
+            let printed: toml::Value = toml::from_str(&first.to_toml()).unwrap();
+            assert_eq!(printed["node_id"].as_str(), Some("127.0.0.1:9005"));
+            assert_eq!(
+                printed["advertise_address"].as_str(),
+                Some("127.0.0.1:9005")
+            );
+            jail.create_file("printed.toml", &first.to_toml())?;
+            let again = load(Some(Path::new("printed.toml")), Flags::default())
+                .unwrap()
+                .config;
+            assert_eq!(first.to_toml(), again.to_toml());
+            assert_eq!(again.local_node(), first.local_node());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn printed_config_loads_back_to_the_same_config() {
         Jail::expect_with(|jail| {
             let flags = Flags {
@@ -895,6 +1126,11 @@ mod tests {
             assert_eq!(first.to_toml(), again.to_toml());
             assert_eq!(again.replication.replicas, 3);
             assert_eq!(again.seed_nodes, vec!["n2=127.0.0.1:2"]);
+            assert_eq!(
+                again.advertise_address.as_deref(),
+                Some("127.0.0.1:8080"),
+                "the defaulted advertise address is printed"
+            );
             Ok(())
         });
     }

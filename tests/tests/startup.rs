@@ -122,6 +122,14 @@ fn invalid_settings_stop_the_node_before_it_listens() -> anyhow::Result<()> {
             vec![],
             vec!["seed_nodes", "no port"],
         ),
+        (
+            vec![],
+            vec![("DISTKV_LOG__LEVEL", "loud")],
+            vec![
+                "log.level = \"loud\"",
+                "environment variable DISTKV_LOG__LEVEL",
+            ],
+        ),
     ];
     for (args, envs, expected) in cases {
         let mut full = vec!["--address", addr.as_str()];
@@ -416,5 +424,117 @@ fn a_data_directory_of_another_format_is_refused_with_one_line() -> anyhow::Resu
         std::fs::read(data.join("lsm").join("MANIFEST-000001"))?,
         b"written by format 1"
     );
+    Ok(())
+}
+
+/// A `DISTKV_*` variable that names no setting is a warning, not a refusal: shells carry
+/// such variables. `DISTKV_CONFIG` names the config file and is no warning.
+#[test]
+fn an_unknown_distkv_variable_is_a_warning_and_the_node_serves() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start_with_env(
+        &dir.path().join("n1"),
+        &[],
+        &[("DISTKV_NOT_A_SETTING", "1")],
+    )?;
+    let o = server.client(&["put", "k", "v"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&server.client(&["get", "k"])), "v\n");
+    server.signal("TERM")?;
+    let log = server.log_text();
+    assert!(
+        log.contains(
+            "distkv-server: warning: environment variable DISTKV_NOT_A_SETTING names no setting (ignored)"
+        ),
+        "{log}"
+    );
+
+    std::fs::write(dir.path().join("node.toml"), "node_id = \"from-file\"\n")?;
+    let o = server_output(
+        &["--print-config"],
+        &[("DISTKV_CONFIG", "node.toml")],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "DISTKV_CONFIG is no warning");
+    assert!(
+        stdout(&o).contains("node_id = \"from-file\""),
+        "{}",
+        stdout(&o)
+    );
+    Ok(())
+}
+
+/// `--print-config` shows the values the node derives when they are not set.
+#[test]
+fn print_config_shows_the_defaulted_node_id_and_advertise_address() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let o = server_output(
+        &["--address", "127.0.0.1:7010", "--print-config"],
+        &[],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed: toml::Value = toml::from_str(&stdout(&o))?;
+    assert_eq!(printed["node_id"].as_str(), Some("127.0.0.1:7010"));
+    assert_eq!(
+        printed["advertise_address"].as_str(),
+        Some("127.0.0.1:7010")
+    );
+    Ok(())
+}
+
+/// Runs a node with stderr on a pipe until it serves, stops it, and returns its stderr.
+fn stderr_of_a_node_on_a_pipe(envs: &[(&str, &str)]) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new(distkv_tests::binary("distkv-server"));
+    cmd.args(["--address", &addr, "--data-dir", "n1"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn()?;
+    // Serving a request, not just listening: by then the node watches SIGTERM.
+    let started = std::time::Instant::now();
+    while !distkv_tests::run_client(&addr, &["put", "k", "v"], None)
+        .status
+        .success()
+    {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the node did not serve on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    distkv_tests::send_signal(child.id(), "TERM")?;
+    let o = child.wait_with_output()?;
+    assert!(o.status.success(), "SIGTERM exits 0: {}", stderr(&o));
+    Ok(stderr(&o))
+}
+
+/// Text logs are coloured only on a terminal: on a pipe they carry no ANSI escapes.
+#[test]
+fn text_logs_on_a_pipe_have_no_colour_codes() -> anyhow::Result<()> {
+    let log = stderr_of_a_node_on_a_pipe(&[])?;
+    assert!(log.contains("distkv node listening"), "{log}");
+    assert!(!log.contains("\x1b["), "ANSI escape in: {log:?}");
+    Ok(())
+}
+
+/// An unusable `RUST_LOG` is reported and ignored (the configured level applies), rather
+/// than silently turning off the node's logs.
+#[test]
+fn an_invalid_rust_log_is_a_warning_and_the_configured_level_applies() -> anyhow::Result<()> {
+    let log = stderr_of_a_node_on_a_pipe(&[("RUST_LOG", "loud")])?;
+    assert!(
+        log.contains("distkv-server: warning: RUST_LOG = \"loud\" is ignored"),
+        "{log}"
+    );
+    assert!(log.contains("distkv node listening"), "{log}");
     Ok(())
 }

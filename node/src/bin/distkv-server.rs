@@ -85,6 +85,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in &loaded.warnings {
+        eprintln!("distkv-server: warning: {warning}");
+    }
     let config = loaded.config;
     if args.print_config {
         print!("{}", config.to_toml());
@@ -102,7 +105,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    distkv_node::logging::init(&config.log);
+    if let Some(warning) = distkv_node::logging::init(&config.log) {
+        eprintln!("distkv-server: warning: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
