@@ -19,8 +19,9 @@ pub enum Consistency {
     All,
 }
 
-/// When read repair runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// When read repair runs (`replication.read_repair`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReadRepair {
     /// After answering the client.
     Background,

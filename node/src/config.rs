@@ -90,9 +90,9 @@ pub struct ReplicationConfig {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// What reads return after concurrent writes.
-    pub conflict: ConflictMode,
+    pub conflict: ConflictPolicy,
     /// When stale replicas found by a read are repaired.
-    pub read_repair: ReadRepairMode,
+    pub read_repair: ReadRepair,
     /// Keep a durable hint for a replica that does not acknowledge a write, and replay it
     /// when the replica answers again.
     pub hinted_handoff: bool,
@@ -118,15 +118,8 @@ impl Default for ReplicationConfig {
             write_quorum: d.write_quorum as u32,
             virtual_nodes: d.virtual_nodes,
             request_timeout: d.request_timeout,
-            conflict: match d.conflict {
-                ConflictPolicy::Siblings => ConflictMode::Siblings,
-                ConflictPolicy::LastWriteWins => ConflictMode::Lww,
-            },
-            read_repair: match d.read_repair {
-                ReadRepair::Background => ReadRepairMode::Background,
-                ReadRepair::Blocking => ReadRepairMode::Blocking,
-                ReadRepair::Off => ReadRepairMode::Off,
-            },
+            conflict: d.conflict,
+            read_repair: d.read_repair,
             hinted_handoff: d.hinted_handoff,
             hints_count_toward_w: d.hints_count_toward_w,
             hint_replay_interval: d.hint_replay_interval,
@@ -134,28 +127,6 @@ impl Default for ReplicationConfig {
             max_vector_entries: d.max_vector_entries,
         }
     }
-}
-
-/// Conflict handling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConflictMode {
-    /// Return every concurrent sibling; the client resolves.
-    Siblings,
-    /// Keep only the latest write by timestamp.
-    Lww,
-}
-
-/// Read repair timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadRepairMode {
-    /// Repair after answering the client.
-    Background,
-    /// Repair the replicas that answered before answering the client.
-    Blocking,
-    /// No read repair.
-    Off,
 }
 
 /// Limits on client input.

@@ -185,12 +185,14 @@ pub struct Sibling {
     pub value: Option<Vec<u8>>,
 }
 
-/// How concurrent siblings are presented.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How concurrent siblings are presented (`replication.conflict`: `siblings` or `lww`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConflictPolicy {
     /// Keep every concurrent sibling; the client resolves them.
+    #[serde(rename = "siblings")]
     Siblings,
     /// Keep only the sibling with the latest timestamp (ties broken by dot).
+    #[serde(rename = "lww")]
     LastWriteWins,
 }
 

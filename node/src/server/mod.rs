@@ -19,13 +19,12 @@ use distkv_network::{
 };
 use distkv_proto::v1::key_value_server::KeyValueServer;
 
-use crate::api::{NodeSettings, ReadRepair};
+use crate::api::NodeSettings;
 use crate::assembly::{assemble, Assembled};
-use crate::config::{Config, ConflictMode, MembershipKind, ReadRepairMode, TransportKind};
+use crate::config::{Config, MembershipKind, TransportKind};
 use crate::frontend::{KeyValueService, OversizeLayer, ShedLayer};
 use crate::placement::{HashRing, Partitioner};
 use crate::supervisor::Supervisor;
-use crate::version::ConflictPolicy;
 
 pub use storage::{check_data_format, open_storage, DATA_FORMAT};
 
@@ -43,15 +42,8 @@ pub fn settings(config: &Config) -> NodeSettings {
         write_quorum: r.write_quorum as usize,
         virtual_nodes: r.virtual_nodes,
         request_timeout: r.request_timeout,
-        conflict: match r.conflict {
-            ConflictMode::Siblings => ConflictPolicy::Siblings,
-            ConflictMode::Lww => ConflictPolicy::LastWriteWins,
-        },
-        read_repair: match r.read_repair {
-            ReadRepairMode::Background => ReadRepair::Background,
-            ReadRepairMode::Blocking => ReadRepair::Blocking,
-            ReadRepairMode::Off => ReadRepair::Off,
-        },
+        conflict: r.conflict,
+        read_repair: r.read_repair,
         max_key_bytes: config.limits.max_key_bytes,
         max_value_bytes: config.limits.max_value_bytes,
         max_batch_entries: config.limits.max_batch_entries,
