@@ -158,6 +158,8 @@ mod tests {
 pub struct ShedLayer {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     max: usize,
+    /// When the last "shedding" warning was logged (at most one a second).
+    warned: std::sync::Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 impl ShedLayer {
@@ -167,6 +169,7 @@ impl ShedLayer {
         ShedLayer {
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
             max,
+            warned: Default::default(),
         }
     }
 }
@@ -208,10 +211,15 @@ where
         }
         let Ok(slot) = self.layer.slots.clone().try_acquire_owned() else {
             let max = self.layer.max;
-            tracing::debug!(
-                max,
-                "client request shed: limits.max_concurrent_requests reached"
-            );
+            let mut warned = self.layer.warned.lock();
+            if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                *warned = Some(std::time::Instant::now());
+                tracing::warn!(
+                    max,
+                    "client requests shed with RESOURCE_EXHAUSTED: limits.max_concurrent_requests reached"
+                );
+            }
+            drop(warned);
             return Box::pin(async move { Ok(overloaded(max)) });
         };
         let response = self.inner.call(request);
