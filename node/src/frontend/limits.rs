@@ -1,13 +1,19 @@
-//! Limits on client requests, as tower layers on the client API:
+//! Limits on client requests, as one tower layer on the client API
+//! (`/distkv.v1.KeyValue/*`; peer calls pass through, their queues bound them):
 //!
-//! * [`OversizeLayer`]: tonic refuses a message over the server's decoding limit with
-//!   `OUT_OF_RANGE` and a message naming only its byte limit; this turns that answer
-//!   into `INVALID_ARGUMENT` naming the settings the limit comes from.
-//! * [`ShedLayer`]: at most `limits.max_concurrent_requests` client requests in flight;
-//!   beyond, `RESOURCE_EXHAUSTED` at once.
+//! * at most `limits.max_concurrent_requests` client requests in flight; one beyond is
+//!   answered `RESOURCE_EXHAUSTED` at once (logged at most once a second) instead of
+//!   queueing without bound;
+//! * tonic refuses a message over the server's decoding limit with `OUT_OF_RANGE` and a
+//!   message naming only its byte limit; that answer becomes `INVALID_ARGUMENT` naming
+//!   the settings the limit comes from, so the client learns what to change.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 use tonic::codegen::http::{self, HeaderValue};
 use tonic::codegen::{BoxFuture, Service};
 use tower_layer::Layer;
@@ -15,24 +21,18 @@ use tower_layer::Layer;
 /// The gRPC path prefix of the client API.
 const CLIENT_API: &str = "/distkv.v1.KeyValue/";
 
-/// Rewrites tonic's "message too large" refusals of client requests.
-#[derive(Clone, Debug)]
-pub struct OversizeLayer {
-    max_key_bytes: usize,
-    max_value_bytes: usize,
-    max_batch_entries: usize,
+/// The size limits a too-large request is explained with.
+#[derive(Clone, Copy, Debug)]
+pub struct SizeLimits {
+    /// `limits.max_key_bytes`.
+    pub max_key_bytes: usize,
+    /// `limits.max_value_bytes`.
+    pub max_value_bytes: usize,
+    /// `limits.max_batch_entries`.
+    pub max_batch_entries: usize,
 }
 
-impl OversizeLayer {
-    /// The layer for a node with these limits.
-    pub fn new(max_key_bytes: usize, max_value_bytes: usize, max_batch_entries: usize) -> Self {
-        OversizeLayer {
-            max_key_bytes,
-            max_value_bytes,
-            max_batch_entries,
-        }
-    }
-
+impl SizeLimits {
     /// The message that replaces tonic's for a request of `found` bytes over `limit`.
     fn message(&self, found: &str, limit: &str) -> String {
         format!(
@@ -42,27 +42,63 @@ impl OversizeLayer {
     }
 }
 
-impl<S> Layer<S> for OversizeLayer {
-    type Service = Oversize<S>;
-    fn layer(&self, inner: S) -> Oversize<S> {
-        Oversize {
+/// The client API's limits (see the module docs).
+#[derive(Clone, Debug)]
+pub struct ClientLimitsLayer {
+    sizes: SizeLimits,
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// When the last "shedding" warning was logged.
+    warned: Arc<Mutex<Option<Instant>>>,
+}
+
+impl ClientLimitsLayer {
+    /// At most `max_in_flight` client requests at once; too-large requests explained
+    /// with `sizes`.
+    pub fn new(sizes: SizeLimits, max_in_flight: usize) -> Self {
+        let max_in_flight = max_in_flight.max(1);
+        ClientLimitsLayer {
+            sizes,
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            warned: Arc::default(),
+        }
+    }
+
+    fn warn_shedding(&self) {
+        let mut warned = self.warned.lock();
+        if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *warned = Some(Instant::now());
+            tracing::warn!(
+                max = self.max_in_flight,
+                "client requests shed with RESOURCE_EXHAUSTED: limits.max_concurrent_requests reached"
+            );
+        }
+    }
+}
+
+impl<S> Layer<S> for ClientLimitsLayer {
+    type Service = ClientLimits<S>;
+    fn layer(&self, inner: S) -> ClientLimits<S> {
+        ClientLimits {
             inner,
             layer: self.clone(),
         }
     }
 }
 
-/// The service of [`OversizeLayer`].
+/// The service of [`ClientLimitsLayer`].
 #[derive(Clone, Debug)]
-pub struct Oversize<S> {
+pub struct ClientLimits<S> {
     inner: S,
-    layer: OversizeLayer,
+    layer: ClientLimitsLayer,
 }
 
-impl<S, B, R> Service<http::Request<B>> for Oversize<S>
+impl<S, B, R> Service<http::Request<B>> for ClientLimits<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    R: Default,
 {
     type Response = http::Response<R>;
     type Error = S::Error;
@@ -73,21 +109,27 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let client_api = request.uri().path().starts_with(CLIENT_API);
+        if !request.uri().path().starts_with(CLIENT_API) {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(slot) = self.layer.slots.clone().try_acquire_owned() else {
+            self.layer.warn_shedding();
+            let max = self.layer.max_in_flight;
+            return Box::pin(async move { Ok(overloaded(max)) });
+        };
         let response = self.inner.call(request);
-        let layer = self.layer.clone();
+        let sizes = self.layer.sizes;
         Box::pin(async move {
             let mut response = response.await?;
-            if client_api {
-                rewrite(&layer, response.headers_mut());
-            }
+            drop(slot);
+            rewrite(&sizes, response.headers_mut());
             Ok(response)
         })
     }
 }
 
 /// Replaces an OUT_OF_RANGE "decoded message length too large" status in `headers`.
-fn rewrite(layer: &OversizeLayer, headers: &mut http::HeaderMap) {
+fn rewrite(sizes: &SizeLimits, headers: &mut http::HeaderMap) {
     if headers.get("grpc-status").is_none_or(|s| s != "11") {
         return;
     }
@@ -110,11 +152,25 @@ fn rewrite(layer: &OversizeLayer, headers: &mut http::HeaderMap) {
             })
             .unwrap_or_default()
     };
-    let text = layer.message(&number_after("found "), &number_after("the limit is:"));
+    let text = sizes.message(&number_after("found "), &number_after("the limit is:"));
     if let Ok(value) = HeaderValue::from_str(&text) {
         headers.insert("grpc-status", HeaderValue::from_static("3"));
         headers.insert("grpc-message", value);
     }
+}
+
+/// A trailers-only gRPC answer: RESOURCE_EXHAUSTED, naming the limit.
+fn overloaded<R: Default>(max: usize) -> http::Response<R> {
+    let mut response = http::Response::new(R::default());
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static("8"));
+    if let Ok(message) = HeaderValue::from_str(&format!(
+        "node overloaded: {max} client requests in flight (limits.max_concurrent_requests); back off and retry, or spread requests over more nodes"
+    )) {
+        headers.insert("grpc-message", message);
+    }
+    response
 }
 
 #[cfg(test)]
@@ -123,7 +179,11 @@ mod tests {
 
     #[test]
     fn too_large_becomes_invalid_argument_naming_the_settings() {
-        let layer = OversizeLayer::new(65536, 16 << 20, 10_000);
+        let layer = SizeLimits {
+            max_key_bytes: 65536,
+            max_value_bytes: 16 << 20,
+            max_batch_entries: 10_000,
+        };
         let mut headers = http::HeaderMap::new();
         headers.insert("grpc-status", HeaderValue::from_static("11"));
         headers.insert(
@@ -149,100 +209,6 @@ mod tests {
         rewrite(&layer, &mut other);
         assert_eq!(other["grpc-status"], "14");
     }
-}
-
-/// Sheds client requests beyond a bound on those in flight: the request is answered at
-/// once with `RESOURCE_EXHAUSTED` (a client should back off and retry) instead of
-/// queueing without bound. Peer calls are not shed here: their queues bound them.
-#[derive(Clone, Debug)]
-pub struct ShedLayer {
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
-    max: usize,
-    /// When the last "shedding" warning was logged (at most one a second).
-    warned: std::sync::Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
-}
-
-impl ShedLayer {
-    /// At most `max` client requests in flight.
-    pub fn new(max: usize) -> Self {
-        let max = max.max(1);
-        ShedLayer {
-            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
-            max,
-            warned: Default::default(),
-        }
-    }
-}
-
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-    fn layer(&self, inner: S) -> Shed<S> {
-        Shed {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service of [`ShedLayer`].
-#[derive(Clone, Debug)]
-pub struct Shed<S> {
-    inner: S,
-    layer: ShedLayer,
-}
-
-impl<S, B, R> Service<http::Request<B>> for Shed<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    R: Default,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !request.uri().path().starts_with(CLIENT_API) {
-            return Box::pin(self.inner.call(request));
-        }
-        let Ok(slot) = self.layer.slots.clone().try_acquire_owned() else {
-            let max = self.layer.max;
-            let mut warned = self.layer.warned.lock();
-            if warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
-                *warned = Some(std::time::Instant::now());
-                tracing::warn!(
-                    max,
-                    "client requests shed with RESOURCE_EXHAUSTED: limits.max_concurrent_requests reached"
-                );
-            }
-            drop(warned);
-            return Box::pin(async move { Ok(overloaded(max)) });
-        };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await;
-            drop(slot);
-            response
-        })
-    }
-}
-
-/// A trailers-only gRPC answer: RESOURCE_EXHAUSTED, naming the limit.
-fn overloaded<R: Default>(max: usize) -> http::Response<R> {
-    let mut response = http::Response::new(R::default());
-    let headers = response.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from_static("8"));
-    if let Ok(message) = HeaderValue::from_str(&format!(
-        "node overloaded: {max} client requests in flight (limits.max_concurrent_requests); back off and retry, or spread requests over more nodes"
-    )) {
-        headers.insert("grpc-message", message);
-    }
-    response
 }
 
 #[cfg(test)]
@@ -278,7 +244,12 @@ mod shed_tests {
     #[tokio::test]
     async fn requests_beyond_the_bound_are_shed_at_once_and_peers_are_not() {
         let (release, held) = tokio::sync::watch::channel(false);
-        let mut svc = ShedLayer::new(2).layer(Held(held));
+        let sizes = SizeLimits {
+            max_key_bytes: 1,
+            max_value_bytes: 1,
+            max_batch_entries: 1,
+        };
+        let mut svc = ClientLimitsLayer::new(sizes, 2).layer(Held(held));
         let first = tokio::spawn(svc.call(request("/distkv.v1.KeyValue/Put")));
         let second = tokio::spawn(svc.call(request("/distkv.v1.KeyValue/Get")));
         let shed = svc.call(request("/distkv.v1.KeyValue/Get")).await.unwrap();

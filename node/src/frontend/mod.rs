@@ -5,4 +5,4 @@ mod grpc;
 mod limits;
 
 pub use grpc::{KeyValueService, WRITE_OUTCOME};
-pub use limits::{OversizeLayer, ShedLayer};
+pub use limits::{ClientLimitsLayer, SizeLimits};

@@ -22,7 +22,7 @@ use distkv_proto::v1::key_value_server::KeyValueServer;
 use crate::api::NodeSettings;
 use crate::assembly::{assemble, Assembled};
 use crate::config::{Config, MembershipKind, TransportKind};
-use crate::frontend::{KeyValueService, OversizeLayer, ShedLayer};
+use crate::frontend::{ClientLimitsLayer, KeyValueService, SizeLimits};
 use crate::placement::{HashRing, Partitioner};
 use crate::supervisor::Supervisor;
 
@@ -220,11 +220,13 @@ where
         .max_concurrent_streams(l.max_streams_per_connection)
         .http2_keepalive_interval(Some(ping_every))
         .http2_keepalive_timeout(Some(ping_every))
-        .layer(ShedLayer::new(l.max_concurrent_requests))
-        .layer(OversizeLayer::new(
-            l.max_key_bytes,
-            l.max_value_bytes,
-            l.max_batch_entries,
+        .layer(ClientLimitsLayer::new(
+            SizeLimits {
+                max_key_bytes: l.max_key_bytes,
+                max_value_bytes: l.max_value_bytes,
+                max_batch_entries: l.max_batch_entries,
+            },
+            l.max_concurrent_requests,
         ))
         .add_service(kv)
         .add_service(PeerService::server(
