@@ -295,7 +295,7 @@ where
             })
             .collect();
         let mut tracker = QuorumTracker::single(replicas.len(), needed);
-        let (answers, failures) = collect(
+        let (mut answers, failures) = collect(
             &mut pending,
             &mut tracker,
             self.settings.request_timeout,
@@ -312,19 +312,17 @@ where
             }
         }
         merged.resolve(self.settings.conflict);
-        let mut answers: Vec<(NodeInfo, Option<Record>)> = answers
-            .into_iter()
-            .map(|(i, r)| (replicas[i].clone(), r))
-            .collect();
         match self.settings.read_repair {
             ReadRepair::Off => {}
             ReadRepair::Blocking => {
-                self.repair(&key, &merged, &answers).await;
+                self.repair(&key, &merged, &replicas, &answers).await;
             }
             ReadRepair::Background if pending.is_empty() => {
                 if answers.iter().any(|(_, r)| r.as_ref() != Some(&merged)) {
                     let (node, merged) = (self.clone(), merged.clone());
-                    self.spawn_repair(async move { node.repair(&key, &merged, &answers).await });
+                    self.spawn_repair(async move {
+                        node.repair(&key, &merged, &replicas, &answers).await
+                    });
                 }
             }
             ReadRepair::Background => {
@@ -337,13 +335,13 @@ where
                                 if let Some(r) = &record {
                                     merged.merge(r);
                                 }
-                                answers.push((replicas[i].clone(), record));
+                                answers.push((i, record));
                             }
                         }
                     };
                     let _ = tokio::time::timeout(node.settings.request_timeout, late).await;
                     merged.resolve(node.settings.conflict);
-                    node.repair(&key, &merged, &answers).await;
+                    node.repair(&key, &merged, &replicas, &answers).await;
                 });
             }
         }
@@ -368,17 +366,19 @@ where
         }
     }
 
-    /// Sends `merged` to every replica whose answer differs from it.
+    /// Sends `merged` to every replica whose answer differs from it; `answers` name
+    /// their replica by its index in `replicas`.
     async fn repair(
         self: &Arc<Self>,
         key: &[u8],
         merged: &Record,
-        answers: &[(NodeInfo, Option<Record>)],
+        replicas: &[NodeInfo],
+        answers: &[(usize, Option<Record>)],
     ) {
         let stale: Vec<NodeInfo> = answers
             .iter()
             .filter(|(_, r)| r.as_ref() != Some(merged))
-            .map(|(n, _)| n.clone())
+            .map(|(i, _)| replicas[*i].clone())
             .collect();
         if stale.is_empty() || merged.siblings.is_empty() && merged.seen.is_empty() {
             return;
