@@ -16,7 +16,8 @@ start_cluster() {
     TARGETS=""
     rm -rf "$OUT" && mkdir -p "$OUT"
     for i in $(seq 1 "$nodes"); do
-        seeds+="${seeds:+,}n$i=127.0.0.1:$base$i"
+        # Seeds name peer ports: the client port + 1000 by default.
+        seeds+="${seeds:+,}n$i=127.0.0.1:$(( $base$i + 1000 ))"
         TARGETS+="${TARGETS:+,}127.0.0.1:$base$i"
     done
     local q=$(( nodes / 2 + 1 ))

@@ -14,6 +14,7 @@ use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use crate::tls::{Reloadable, TlsConnector};
 use crate::transport::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::{HandlerError, NodeInfo, PeerError, PeerHandler, Transport};
 
@@ -32,6 +33,7 @@ pub struct GrpcTransport {
     backoff_base: Duration,
     backoff_max: Duration,
     max_message_bytes: usize,
+    tls: Option<Arc<Reloadable<rustls::ClientConfig>>>,
 }
 
 /// Consecutive connection failures of one peer and when to try it again.
@@ -59,7 +61,16 @@ impl GrpcTransport {
             backoff_base: BACKOFF_BASE,
             backoff_max: BACKOFF_MAX,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            tls: None,
         }
+    }
+
+    /// The same transport calling peers over TLS with the configuration `config` holds
+    /// when each connection is made (so a reloaded certificate serves new connections).
+    /// Set it before the first call.
+    pub fn with_tls(mut self, config: Arc<Reloadable<rustls::ClientConfig>>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     /// The same transport with another back-off: `base` after the first failure,
@@ -132,7 +143,12 @@ impl GrpcTransport {
                 if let Some(t) = self.connect_timeout {
                     endpoint = endpoint.connect_timeout(t);
                 }
-                let channel = endpoint.connect_lazy();
+                let channel = match &self.tls {
+                    Some(config) => {
+                        endpoint.connect_with_connector_lazy(TlsConnector::new(config.clone()))
+                    }
+                    None => endpoint.connect_lazy(),
+                };
                 self.channels.insert(to.address.clone(), channel.clone());
                 channel
             }
@@ -208,6 +224,15 @@ fn classify(peer: &NodeInfo, timeout: Duration, limit: usize, status: Status) ->
                 limit: their_limit.unwrap_or(limit),
             }
         }
+        Code::Unimplemented if !from_handler => PeerError::Refused {
+            peer: id,
+            reason: format!(
+                "{} does not serve the peer service ({message}): it is probably a client port; \
+                 the seed list and advertised peer addresses must name peer ports \
+                 (--peer-address, default: the client port + 1000)",
+                peer.address
+            ),
+        },
         Code::InvalidArgument | Code::FailedPrecondition => PeerError::Refused {
             peer: id,
             reason: message,

@@ -20,6 +20,7 @@
 mod grpc;
 mod membership;
 mod memory;
+pub mod tls;
 mod transport;
 
 pub use grpc::{GrpcTransport, PeerService};

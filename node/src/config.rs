@@ -26,13 +26,20 @@ pub const ENV_PREFIX: &str = "DISTKV_";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Stable identity of the node in the cluster. Default: the advertise address.
+    /// Stable identity of the node in the cluster. Default: the peer advertise address.
     pub node_id: Option<String>,
-    /// `HOST:PORT` to listen on for clients and peers.
+    /// `HOST:PORT` to listen on for clients (the `KeyValue` API).
     pub address: String,
-    /// `HOST:PORT` peers and clients should dial. Default: the listen address (required
-    /// when listening on 0.0.0.0 or ::).
+    /// `HOST:PORT` clients should dial. Default: the listen address (required when
+    /// listening on 0.0.0.0 or ::).
     pub advertise_address: Option<String>,
+    /// `HOST:PORT` to listen on for other nodes (replication, reads, pings: everything
+    /// but the client API). Default: the host of `address` and its port + 1000.
+    pub peer_address: Option<String>,
+    /// `HOST:PORT` other nodes dial; the seed lists of the other nodes name it. Default:
+    /// `peer_address` when it names a host, else the host of the advertise address with
+    /// the peer port.
+    pub peer_advertise_address: Option<String>,
     /// Directory of the node's data (created if missing).
     pub data_dir: PathBuf,
     /// Other members: `HOST:PORT` or `ID=HOST:PORT`; a comma-separated string is accepted.
@@ -53,6 +60,8 @@ pub struct Config {
     pub transport: TransportConfig,
     /// Logging.
     pub log: LogConfig,
+    /// TLS on the client and peer ports.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -61,6 +70,8 @@ impl Default for Config {
             node_id: None,
             address: "127.0.0.1:8080".to_string(),
             advertise_address: None,
+            peer_address: None,
+            peer_advertise_address: None,
             data_dir: PathBuf::from("./data"),
             seed_nodes: Vec::new(),
             shutdown_timeout: Duration::from_secs(10),
@@ -70,7 +81,43 @@ impl Default for Config {
             membership: MembershipConfig::default(),
             transport: TransportConfig::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
         }
+    }
+}
+
+/// TLS settings. With `enabled`, the client port serves TLS (asking clients for a
+/// certificate per `client_auth`) and the peer port always uses mutual TLS with node
+/// certificates of the cluster CA (`distkv-server cert` makes them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve and call over TLS. Off by default: then traffic is unauthenticated and
+    /// unencrypted, and the node warns at start-up.
+    pub enabled: bool,
+    /// The node certificate (PEM), e.g. `certs/node.crt`.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM), e.g. `certs/node.key`.
+    pub key_file: Option<PathBuf>,
+    /// The cluster CA certificate (PEM), e.g. `certs/ca.crt`.
+    pub ca_file: Option<PathBuf>,
+    /// `none`, `optional` or `required`: whether clients must show a certificate from
+    /// the CA on the client port.
+    pub client_auth: distkv_network::tls::ClientAuth,
+}
+
+impl TlsConfig {
+    /// The files, when TLS is enabled and all are set.
+    pub fn files(&self) -> Option<distkv_network::tls::NodeTlsFiles> {
+        if !self.enabled {
+            return None;
+        }
+        Some(distkv_network::tls::NodeTlsFiles {
+            cert: self.cert_file.clone()?,
+            key: self.key_file.clone()?,
+            ca: self.ca_file.clone()?,
+            client_auth: self.client_auth,
+        })
     }
 }
 
@@ -296,6 +343,12 @@ pub struct Flags {
     /// `--advertise-address`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_address: Option<String>,
+    /// `--peer-address`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
+    /// `--peer-advertise-address`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_advertise_address: Option<String>,
     /// `--data-dir`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -305,6 +358,40 @@ pub struct Flags {
     /// `--replicas`, `--read-quorum`, `--write-quorum`, `--virtual-nodes`
     #[serde(skip_serializing_if = "ReplicationFlags::is_empty")]
     pub replication: ReplicationFlags,
+    /// `--tls-enabled`, `--tls-cert-file`, `--tls-key-file`, `--tls-ca-file`,
+    /// `--tls-client-auth`
+    #[serde(skip_serializing_if = "TlsFlags::is_empty")]
+    pub tls: TlsFlags,
+}
+
+/// TLS values given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsFlags {
+    /// `--tls-enabled`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// `--tls-cert-file`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// `--tls-key-file`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `--tls-ca-file`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// `--tls-client-auth`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<distkv_network::tls::ClientAuth>,
+}
+
+impl TlsFlags {
+    fn is_empty(&self) -> bool {
+        self.enabled.is_none()
+            && self.cert_file.is_none()
+            && self.key_file.is_none()
+            && self.ca_file.is_none()
+            && self.client_auth.is_none()
+    }
 }
 
 /// Replication values given on the command line.
@@ -379,7 +466,11 @@ fn describe_source(metadata: Option<&Metadata>, key: &str) -> String {
         return format!("environment variable {}", env_var_name(key));
     }
     if md.name == FLAGS_LAYER {
-        let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
+        let last = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
+        let flag = match key.strip_prefix("tls.") {
+            Some(_) => format!("tls-{last}"),
+            None => last,
+        };
         return format!("command-line flag --{flag}");
     }
     "built-in default".to_string()
@@ -539,7 +630,12 @@ impl Config {
         let me = self.local_node();
         let effective = Config {
             node_id: Some(me.id),
-            advertise_address: Some(me.address),
+            advertise_address: Some(self.advertised()),
+            peer_address: self
+                .peer_listen()
+                .ok()
+                .or_else(|| self.peer_address.clone()),
+            peer_advertise_address: Some(me.address),
             ..self.clone()
         };
         toml::to_string(&effective)
@@ -553,9 +649,49 @@ impl Config {
             .unwrap_or_else(|| self.address.clone())
     }
 
-    /// This node as the cluster knows it.
+    /// The `HOST:PORT` the peer port listens on: `peer_address`, or the host of
+    /// `address` with its port + 1000.
+    pub fn peer_listen(&self) -> Result<String, String> {
+        match &self.peer_address {
+            Some(a) => Ok(a.clone()),
+            None => port_plus(&self.address, PEER_PORT_OFFSET).map_err(|why| {
+                format!("the default peer port (the client port + {PEER_PORT_OFFSET}) {why}; set peer_address (--peer-address)")
+            }),
+        }
+    }
+
+    /// The address other nodes dial for this node's peer port.
+    pub fn peer_advertised(&self) -> String {
+        if let Some(a) = &self.peer_advertise_address {
+            return a.clone();
+        }
+        let listen = self
+            .peer_listen()
+            .unwrap_or_else(|_| self.peer_address.clone().unwrap_or_default());
+        let (host, port) = split_host_port(&listen).unwrap_or(("", ""));
+        let unspecified = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if self.peer_address.is_some() && !unspecified {
+            return listen;
+        }
+        let advertised = self.advertised();
+        match split_host_port(&advertised) {
+            Some((adv_host, _)) => format!("{adv_host}:{port}"),
+            None => listen,
+        }
+    }
+
+    /// The peer listen address, resolved.
+    pub fn peer_listen_addr(&self) -> Result<SocketAddr, String> {
+        resolve(&self.peer_listen()?)
+    }
+
+    /// This node as the cluster knows it: its id and its peer address.
     pub fn local_node(&self) -> NodeInfo {
-        let address = self.advertised();
+        let address = self.peer_advertised();
         NodeInfo {
             id: self.node_id.clone().unwrap_or_else(|| address.clone()),
             address,
@@ -573,14 +709,7 @@ impl Config {
 
     /// The listen address, resolved.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        if let Ok(addr) = self.address.parse::<SocketAddr>() {
-            return Ok(addr);
-        }
-        self.address
-            .to_socket_addrs()
-            .map_err(|e| format!("not a HOST:PORT address ({e})"))?
-            .next()
-            .ok_or_else(|| "the host name resolves to no address".to_string())
+        resolve(&self.address)
     }
 
     fn validate(&self, loaded: &LoadedConfig) -> Result<(), ConfigError> {
@@ -669,6 +798,45 @@ impl Config {
             }
             None => {}
         }
+        let peer = self.peer_listen_addr().map_err(|why| {
+            bad(
+                "peer_address",
+                &self.peer_address.as_deref().unwrap_or("(default)"),
+                why,
+            )
+        })?;
+        if peer.port() != 0 && peer == addr {
+            return Err(bad(
+                "peer_address",
+                &peer,
+                "must differ from address: the client and peer ports are separate listeners".into(),
+            ));
+        }
+        if let Some(adv) = &self.peer_advertise_address {
+            parse_seed(adv)
+                .map_err(|_| bad("peer_advertise_address", adv, "must be HOST:PORT".into()))?;
+        } else if peer.ip().is_unspecified() && self.advertise_address.is_none() {
+            return Err(bad(
+                "peer_address",
+                &peer,
+                "listens on all interfaces, so peers cannot dial it: set peer_advertise_address (--peer-advertise-address) or advertise_address".into(),
+            ));
+        }
+        if self.tls.enabled {
+            for (key, v) in [
+                ("tls.cert_file", &self.tls.cert_file),
+                ("tls.key_file", &self.tls.key_file),
+                ("tls.ca_file", &self.tls.ca_file),
+            ] {
+                if v.is_none() {
+                    return Err(bad(
+                        key,
+                        &"(unset)",
+                        format!("TLS is enabled (from {}) and needs the node certificate, its key and the cluster CA: set tls.cert_file, tls.key_file and tls.ca_file (--tls-cert-file, --tls-key-file, --tls-ca-file; `distkv-server cert` makes them)", loaded.source_of("tls.enabled")),
+                    ));
+                }
+            }
+        }
         if let Some(id) = &self.node_id {
             if id.trim().is_empty()
                 || id.chars().any(char::is_whitespace)
@@ -739,6 +907,40 @@ impl Config {
     }
 }
 
+/// The default peer port is the client port plus this.
+pub const PEER_PORT_OFFSET: u16 = 1000;
+
+fn split_host_port(addr: &str) -> Option<(&str, &str)> {
+    addr.rsplit_once(':')
+}
+
+/// `HOST:PORT` with `offset` added to the port.
+pub fn port_plus(addr: &str, offset: u16) -> Result<String, String> {
+    let (host, port) =
+        split_host_port(addr).ok_or_else(|| format!("cannot be derived from {addr:?}: no port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("cannot be derived from {addr:?}: bad port"))?;
+    let derived = port.checked_add(offset).ok_or_else(|| {
+        format!(
+            "would be {} (over 65535)",
+            u32::from(port) + u32::from(offset)
+        )
+    })?;
+    Ok(format!("{host}:{derived}"))
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("not a HOST:PORT address ({e})"))?
+        .next()
+        .ok_or_else(|| "the host name resolves to no address".to_string())
+}
+
 /// Creates the data directory if needed and proves it is writable.
 fn check_data_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the directory: {e}"))?;
@@ -795,7 +997,10 @@ mod tests {
         Jail::expect_with(|jail| {
             let loaded = load(None, Flags::default()).unwrap();
             assert_eq!(loaded.config.address, "127.0.0.1:8080");
-            assert_eq!(loaded.config.local_node().id, "127.0.0.1:8080");
+            // The node is known to its peers by its peer address: the client port + 1000.
+            assert_eq!(loaded.config.local_node().id, "127.0.0.1:9080");
+            assert_eq!(loaded.config.local_node().address, "127.0.0.1:9080");
+            assert_eq!(loaded.config.peer_listen().unwrap(), "127.0.0.1:9080");
             assert_eq!(loaded.config.data_dir, PathBuf::from("./data"));
             assert!(jail.directory().join("data").is_dir());
             assert_eq!(loaded.source_of("replication.replicas"), "built-in default");
@@ -921,7 +1126,8 @@ mod tests {
                     .config
                     .local_node()
                     .address,
-                "10.1.2.3:8080"
+                "10.1.2.3:9080",
+                "the peer address advertised is the advertise host with the peer port"
             );
 
             jail.create_file("blocker", "a file where a directory should be")?;
@@ -1066,7 +1272,12 @@ mod tests {
             let first = load(None, flags).unwrap().config;
             assert_eq!(first.node_id, None);
             let printed: toml::Value = toml::from_str(&first.to_toml()).unwrap();
-            assert_eq!(printed["node_id"].as_str(), Some("127.0.0.1:9005"));
+            assert_eq!(printed["node_id"].as_str(), Some("127.0.0.1:10005"));
+            assert_eq!(printed["peer_address"].as_str(), Some("127.0.0.1:10005"));
+            assert_eq!(
+                printed["peer_advertise_address"].as_str(),
+                Some("127.0.0.1:10005")
+            );
             assert_eq!(
                 printed["advertise_address"].as_str(),
                 Some("127.0.0.1:9005")
@@ -1077,6 +1288,67 @@ mod tests {
                 .config;
             assert_eq!(first.to_toml(), again.to_toml());
             assert_eq!(again.local_node(), first.local_node());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_peer_port_is_derived_checked_and_named() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let at = |address: &str, peer: Option<&str>| Flags {
+                address: Some(address.into()),
+                peer_address: peer.map(Into::into),
+                ..Default::default()
+            };
+            let msg = err_of(load(None, at("127.0.0.1:65000", None)));
+            assert!(
+                msg.contains("peer_address") && msg.contains("65535"),
+                "{msg}"
+            );
+            let ok = load(None, at("127.0.0.1:65000", Some("127.0.0.1:7000")))
+                .unwrap()
+                .config;
+            assert_eq!(ok.local_node().address, "127.0.0.1:7000");
+            let msg = err_of(load(None, at("127.0.0.1:7000", Some("127.0.0.1:7000"))));
+            assert!(msg.contains("must differ from address"), "{msg}");
+            // Listening for peers on every interface: the advertise host is dialled.
+            let flags = Flags {
+                advertise_address: Some("10.0.0.5:7001".into()),
+                ..at("0.0.0.0:7001", Some("0.0.0.0:7501"))
+            };
+            let c = load(None, flags).unwrap().config;
+            assert_eq!(c.local_node().address, "10.0.0.5:7501");
+            let msg = err_of(load(None, at("127.0.0.1:7001", Some("0.0.0.0:7501"))));
+            assert!(msg.contains("peer_advertise_address"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_needs_its_three_files_and_names_the_flag() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let flags = Flags {
+                tls: TlsFlags {
+                    enabled: Some(true),
+                    cert_file: Some("node.crt".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let msg = err_of(load(None, flags));
+            assert!(msg.contains("tls.key_file"), "{msg}");
+            assert!(msg.contains("--tls-enabled"), "{msg}");
+            jail.set_env("DISTKV_TLS__ENABLED", "true");
+            jail.set_env("DISTKV_TLS__CERT_FILE", "a.crt");
+            jail.set_env("DISTKV_TLS__KEY_FILE", "a.key");
+            jail.set_env("DISTKV_TLS__CA_FILE", "ca.crt");
+            jail.set_env("DISTKV_TLS__CLIENT_AUTH", "required");
+            let c = load(None, Flags::default()).unwrap().config;
+            let files = c.tls.files().expect("all three files are set");
+            assert_eq!(files.client_auth, distkv_network::tls::ClientAuth::Required);
+            assert_eq!(files.ca, PathBuf::from("ca.crt"));
             Ok(())
         });
     }

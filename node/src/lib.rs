@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod assembly;
+pub mod certs;
 pub mod config;
 pub mod coordinator;
 pub mod error;

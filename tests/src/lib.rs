@@ -74,8 +74,10 @@ pub fn free_port() -> u16 {
 /// A running `distkv-server` process.
 pub struct Server {
     child: Option<Child>,
-    /// `127.0.0.1:PORT` it listens on.
+    /// `127.0.0.1:PORT` it listens on for clients.
     pub addr: String,
+    /// `HOST:PORT` it listens on for peers (what the other nodes' seed lists name).
+    pub peer_addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
     /// Its arguments after `--address` and `--data-dir` (reused by [`Server::restart`]).
@@ -98,9 +100,28 @@ impl Server {
         Self::start_at(&addr, data_dir, args, envs)
     }
 
-    /// Starts a node listening on `addr`.
+    /// Starts a node listening on `addr` for clients and on a free port for peers
+    /// (unless `args` name one with `--peer-address`).
     pub fn start_at(
         addr: &str,
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Server> {
+        let peer = match args.iter().position(|a| *a == "--peer-address") {
+            Some(i) => args
+                .get(i + 1)
+                .context("--peer-address needs a value")?
+                .to_string(),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
+        Self::start_member(addr, &peer, data_dir, args, envs)
+    }
+
+    /// Starts a node listening on `addr` for clients and `peer_addr` for peers.
+    pub fn start_member(
+        addr: &str,
+        peer_addr: &str,
         data_dir: &Path,
         args: &[&str],
         envs: &[(&str, &str)],
@@ -108,6 +129,7 @@ impl Server {
         let mut server = Server {
             child: None,
             addr: addr.to_string(),
+            peer_addr: peer_addr.to_string(),
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs
@@ -122,16 +144,19 @@ impl Server {
     }
 
     /// Starts a node inside network namespace `netns` (made by the caller), listening on
-    /// `addr` there. `ip netns exec` execs the server, so signals reach it directly.
+    /// `addr` for clients and `peer_addr` for peers there. `ip netns exec` execs the
+    /// server, so signals reach it directly.
     pub fn start_in_netns(
         netns: &str,
         addr: &str,
+        peer_addr: &str,
         data_dir: &Path,
         args: &[&str],
     ) -> Result<Server> {
         let mut server = Server {
             child: None,
             addr: addr.to_string(),
+            peer_addr: peer_addr.to_string(),
             data_dir: data_dir.to_path_buf(),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: Vec::new(),
@@ -157,6 +182,8 @@ impl Server {
         };
         cmd.arg("--address")
             .arg(&self.addr)
+            .arg("--peer-address")
+            .arg(&self.peer_addr)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
@@ -310,10 +337,10 @@ pub async fn connect(addr: &str) -> Result<KeyValueClient<Channel>> {
         .max_encoding_message_size(usize::MAX))
 }
 
-/// The flags that make node `i` of the cluster at `addrs` a member with id `n{i}`, with
-/// N=3, R=2, W=2 and every node of `addrs` as a seed.
-pub fn member_args(addrs: &[String], i: usize) -> Vec<String> {
-    let seeds = addrs
+/// The flags that make node `i` of the cluster whose peer addresses are `peer_addrs` a
+/// member with id `n{i}`, with N=3, R=2, W=2 and every node as a seed.
+pub fn member_args(peer_addrs: &[String], i: usize) -> Vec<String> {
+    let seeds = peer_addrs
         .iter()
         .enumerate()
         .map(|(j, a)| format!("n{j}={a}"))
@@ -339,14 +366,33 @@ pub fn member_args(addrs: &[String], i: usize) -> Vec<String> {
 /// Starts a three-node cluster (N=3, R=2, W=2) on free loopback ports, node `i` with id
 /// `n{i}` and its data in `dir/n{i}`, each with the extra environment `envs`.
 pub fn start_loopback_cluster(dir: &Path, envs: &[(&str, &str)]) -> Result<Vec<Server>> {
+    start_loopback_cluster_with(dir, &[], envs)
+}
+
+/// Like [`start_loopback_cluster`], with extra flags for every node.
+pub fn start_loopback_cluster_with(
+    dir: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<Vec<Server>> {
     let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let peers: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     (0..3)
         .map(|i| {
-            let args = member_args(&addrs, i);
+            let mut args = member_args(&peers, i);
+            args.extend(extra.iter().map(|s| s.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Server::start_at(&addrs[i], &dir.join(format!("n{i}")), &args, envs)
+            Server::start_member(
+                &addrs[i],
+                &peers[i],
+                &dir.join(format!("n{i}")),
+                &args,
+                envs,
+            )
         })
         .collect()
 }

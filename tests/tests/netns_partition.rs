@@ -162,15 +162,17 @@ async fn a_partitioned_node_catches_up_after_the_partition_heals() -> anyhow::Re
     };
     let dir = tempfile::tempdir()?;
     let addrs: Vec<String> = (0..3).map(|i| format!("{}:7000", net.addr(i))).collect();
+    let peers: Vec<String> = (0..3).map(|i| format!("{}:8000", net.addr(i))).collect();
     let mut servers = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
-        let args = member_args(&addrs, i);
+        let args = member_args(&peers, i);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let id = format!("n{i}");
         let ns = net.ns(i);
         let data = dir.path().join(&id);
-        let server =
-            tokio::task::block_in_place(|| Server::start_in_netns(&ns, addr, &data, &args))?;
+        let server = tokio::task::block_in_place(|| {
+            Server::start_in_netns(&ns, addr, &peers[i], &data, &args)
+        })?;
         servers.push(server);
     }
 

@@ -101,8 +101,16 @@ fn a_bad_plugin_stops_the_node_with_one_line() -> anyhow::Result<()> {
         }
         let port = distkv_tests::free_port();
         let addr = format!("127.0.0.1:{port}");
+        let peer = format!("127.0.0.1:{}", distkv_tests::free_port());
         let o = server_output(
-            &["--address", &addr, "--data-dir", "data"],
+            &[
+                "--address",
+                &addr,
+                "--peer-address",
+                &peer,
+                "--data-dir",
+                "data",
+            ],
             &envs,
             dir.path(),
         );

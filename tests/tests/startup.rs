@@ -360,10 +360,13 @@ fn a_data_directory_serves_one_node_at_a_time() -> anyhow::Result<()> {
     let mut first = Server::start(&data, &[])?;
     let port = distkv_tests::free_port();
     let addr = format!("127.0.0.1:{port}");
+    let peer = format!("127.0.0.1:{}", distkv_tests::free_port());
     let o = server_output(
         &[
             "--address",
             &addr,
+            "--peer-address",
+            &peer,
             "--data-dir",
             data.to_str().expect("UTF-8"),
         ],
@@ -395,10 +398,13 @@ fn a_data_directory_of_another_format_is_refused_with_one_line() -> anyhow::Resu
         b"written by format 1",
     )?;
     let addr = format!("127.0.0.1:{}", distkv_tests::free_port());
+    let peer = format!("127.0.0.1:{}", distkv_tests::free_port());
     let o = server_output(
         &[
             "--address",
             &addr,
+            "--peer-address",
+            &peer,
             "--data-dir",
             data.to_str().expect("UTF-8"),
         ],
@@ -488,13 +494,21 @@ fn print_config_shows_the_defaulted_node_id_and_advertise_address() -> anyhow::R
 fn stderr_of_a_node_on_a_pipe(envs: &[(&str, &str)]) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let addr = format!("127.0.0.1:{}", free_port());
+    let peer = format!("127.0.0.1:{}", free_port());
     let mut cmd = std::process::Command::new(distkv_tests::binary("distkv-server"));
-    cmd.args(["--address", &addr, "--data-dir", "n1"])
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "--address",
+        &addr,
+        "--peer-address",
+        &peer,
+        "--data-dir",
+        "n1",
+    ])
+    .current_dir(dir.path())
+    .env_remove("RUST_LOG")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
     for (k, v) in envs {
         cmd.env(k, v);
     }

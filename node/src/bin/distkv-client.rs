@@ -32,8 +32,70 @@ struct Args {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How to reach a node whose client port serves TLS.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct TlsArgs {
+    /// Talk TLS to the node.
+    #[arg(long)]
+    tls_enabled: bool,
+    /// CA certificate that signed the node's certificate (PEM), e.g. certs/ca.crt.
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for nodes that ask for one.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
+    /// Name to check the node's certificate against (default: the host of --server).
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// Accept any server certificate (testing only: traffic can be read and changed by
+    /// anyone in the middle).
+    #[arg(long)]
+    tls_insecure_skip_verify: bool,
+}
+
+impl TlsArgs {
+    /// The connector for these options, or None for plaintext.
+    fn connector(&self) -> Result<Option<distkv_network::tls::TlsConnector>, Failure> {
+        use distkv_network::tls::{client_config, ClientTlsOptions, Reloadable, TlsConnector};
+        let any = self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_server_name.is_some()
+            || self.tls_insecure_skip_verify;
+        if !self.tls_enabled {
+            if any {
+                return Err(Failure::usage(
+                    "--tls-* options were given without --tls-enabled; add --tls-enabled to talk TLS",
+                ));
+            }
+            return Ok(None);
+        }
+        if self.tls_insecure_skip_verify {
+            eprintln!("distkv-client: warning: --tls-insecure-skip-verify: the node's certificate is not checked; anyone in the middle can read and change this traffic");
+        }
+        let options = ClientTlsOptions {
+            ca: self.tls_ca_file.clone(),
+            identity: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
+            server_name: self.tls_server_name.clone(),
+            insecure_skip_verify: self.tls_insecure_skip_verify,
+        };
+        let config = client_config(&options).map_err(|e| Failure::usage(e.0))?;
+        let mut connector = TlsConnector::new(Reloadable::new(config));
+        if let Some(name) = &self.tls_server_name {
+            connector = connector
+                .with_server_name(name)
+                .map_err(|e| Failure::usage(e.0))?;
+        }
+        Ok(Some(connector))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -93,6 +155,18 @@ impl Failure {
     }
 }
 
+/// How a failure of the connection itself starts.
+const CONNECTION_FAILED: &str = "the connection to the node failed";
+
+/// What to check when the connection broke, given whether TLS was used.
+fn connection_hint(tls: bool) -> &'static str {
+    if tls {
+        "; the node may have refused this client's certificate (it requires one, it is from another CA, or this is a peer port): the node's log says which"
+    } else {
+        "; if the node serves TLS, add --tls-enabled --tls-ca-file CA_FILE (the node's log says so)"
+    }
+}
+
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Self {
         use tonic::Code::*;
@@ -106,6 +180,23 @@ impl From<tonic::Status> for Failure {
                 message: format!(
                     "write not confirmed, it may still land (read the key to see): {msg}"
                 ),
+            };
+        }
+        // A status made here from a broken connection carries its cause; one from the
+        // server does not.
+        if let Some(mut cause) = std::error::Error::source(&s) {
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            return Failure {
+                code: 3,
+                message: format!("{CONNECTION_FAILED}: {cause}"),
+            };
+        }
+        if s.code() == Unimplemented {
+            return Failure {
+                code: 4,
+                message: "the server does not serve the client API (UNIMPLEMENTED): is --server a peer port? Clients use the node's client port (--address)".to_string(),
             };
         }
         let code = match s.code() {
@@ -145,10 +236,16 @@ fn main() -> ExitCode {
     };
     let timeout = args.timeout;
     let server = args.server.clone();
+    let tls = args.tls.tls_enabled;
     match runtime.block_on(async { tokio::time::timeout(timeout, run(args)).await }) {
         Ok(Ok(code)) => ExitCode::from(code),
         Ok(Err(f)) => {
-            eprintln!("distkv-client: {}", f.message);
+            let hint = if f.message.starts_with(CONNECTION_FAILED) {
+                connection_hint(tls)
+            } else {
+                ""
+            };
+            eprintln!("distkv-client: {}{hint}", f.message);
             ExitCode::from(f.code)
         }
         Err(_) => {
@@ -214,22 +311,34 @@ fn json_bytes(b: &[u8]) -> serde_json::Value {
     }
 }
 
-async fn connect(server: &str, timeout: Duration) -> Result<KeyValueClient<Channel>, Failure> {
+async fn connect(
+    server: &str,
+    timeout: Duration,
+    tls: &TlsArgs,
+) -> Result<KeyValueClient<Channel>, Failure> {
     let endpoint = Channel::from_shared(format!("http://{server}"))
         .map_err(|e| Failure::usage(format!("--server {server:?} is not HOST:PORT: {e}")))?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = endpoint.connect().await.map_err(|e| {
+    let connected = match tls.connector()? {
+        Some(connector) => endpoint.connect_with_connector(connector).await,
+        None => endpoint.connect().await,
+    };
+    let channel = connected.map_err(|e| {
         // The innermost cause says what happened ("Connection refused").
         let mut cause: &dyn std::error::Error = &e;
         while let Some(inner) = cause.source() {
             cause = inner;
         }
+        let text = cause.to_string();
+        let hint = if text.contains("refused") || text.contains("timed out") {
+            " (is distkv-server running there?)"
+        } else {
+            ""
+        };
         Failure {
             code: 3,
-            message: format!(
-                "cannot connect to {server}: {cause} (is distkv-server running there?)"
-            ),
+            message: format!("cannot connect to {server}: {text}{hint}"),
         }
     })?;
     Ok(KeyValueClient::new(channel)
@@ -268,7 +377,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
             .transpose()?,
         _ => None,
     };
-    let mut client = connect(&args.server, args.timeout).await?;
+    let mut client = connect(&args.server, args.timeout, &args.tls).await?;
     match command {
         Command::Put {
             key, value, blind, ..

@@ -4,6 +4,12 @@
 //! nothing for `idle_timeout` is closed (silent, half-open and abandoned connections).
 //! Live clients are never idle that long: the server pings every HTTP/2 connection more
 //! often than that, and their acknowledgements count as traffic.
+//!
+//! With TLS, each accepted connection does its handshake in its own task (bounded by the
+//! same connection slots and by [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never
+//! holds up the others; a failed handshake is logged (at most once a second per listener)
+//! and the connection closed. A plaintext HTTP/2 client on a TLS port is recognised by its
+//! first bytes and refused with a log line saying so.
 
 use std::future::Future;
 use std::io;
@@ -12,12 +18,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use distkv_network::tls::Reloadable;
 use futures::Stream;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Longest a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections whose handshake is done, waiting for the server to take them.
+const READY_QUEUE: usize = 64;
 
 /// Bounds on the connections of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +40,192 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// A connection that sends no byte for this long is closed.
     pub idle_timeout: Duration,
+}
+
+/// The accepted connections of `listener`, within `limits`, over TLS with the
+/// configuration `tls` holds when each connection arrives (plaintext without one). `port`
+/// names the listener in log lines ("client" or "peer").
+pub fn serve_incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    port: &'static str,
+) -> impl Stream<Item = io::Result<ServedConnection>> + Send + 'static {
+    use futures::StreamExt;
+    let plain = incoming(listener, limits);
+    match tls {
+        None => plain.map(|c| c.map(ServedConnection::Plain)).left_stream(),
+        Some(tls) => tls_incoming(Box::pin(plain), tls, port).right_stream(),
+    }
+}
+
+/// Handshakes each accepted connection in a task of its own; yields the ones that
+/// succeed. Ends when the server drops the stream.
+fn tls_incoming(
+    mut plain: Pin<Box<dyn Stream<Item = io::Result<BoundedConnection>> + Send>>,
+    tls: Arc<Reloadable<rustls::ServerConfig>>,
+    port: &'static str,
+) -> impl Stream<Item = io::Result<ServedConnection>> + Send + 'static {
+    use futures::StreamExt;
+    let (tx, rx) = mpsc::channel::<ServedConnection>(READY_QUEUE);
+    let throttle = Arc::new(Throttle::default());
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                _ = tx.closed() => return,
+                next = plain.next() => match next {
+                    Some(Ok(conn)) => conn,
+                    Some(Err(_)) => continue,
+                    None => return,
+                },
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+            let tx = tx.clone();
+            let throttle = throttle.clone();
+            tokio::spawn(async move {
+                let peer = conn.stream.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(acceptor, conn)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(ServedConnection::Tls(Box::new(tls))).await;
+                    }
+                    Ok(Err(e)) => throttle.warn(port, peer, &e),
+                    Err(_) => throttle.warn(
+                        port,
+                        peer,
+                        &format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+                    ),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        let conn = rx.recv().await?;
+        Some((Ok(conn), rx))
+    })
+}
+
+/// Refuses a plaintext HTTP/2 client with a clear log line, then does the TLS handshake.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    conn: BoundedConnection,
+) -> Result<tokio_rustls::server::TlsStream<BoundedConnection>, String> {
+    let mut first = [0u8; 4];
+    let n = conn
+        .stream
+        .peek(&mut first)
+        .await
+        .map_err(|e| format!("connection failed before the handshake: {e}"))?;
+    if n > 0 && b"PRI "[..n] == first[..n] {
+        return Err(
+            "a plaintext HTTP/2 client connected to this TLS port and was refused (it should use TLS: distkv-client --tls-enabled --tls-ca-file ...)"
+                .to_string(),
+        );
+    }
+    acceptor
+        .accept(conn)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))
+}
+
+/// Logs at most one refused connection a second per listener, with the count of the
+/// ones not logged.
+#[derive(Default)]
+struct Throttle {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    fn warn(&self, port: &str, peer: Option<std::net::SocketAddr>, why: &dyn std::fmt::Display) {
+        let mut state = self.state.lock();
+        if state
+            .0
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            state.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut state.1);
+        state.0 = Some(Instant::now());
+        drop(state);
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tracing::warn!(port, %peer, suppressed, "connection refused: {why}");
+    }
+}
+
+/// A connection as the server sees it: plaintext or TLS.
+pub enum ServedConnection {
+    /// Plaintext.
+    Plain(BoundedConnection),
+    /// After a TLS handshake.
+    Tls(Box<tokio_rustls::server::TlsStream<BoundedConnection>>),
+}
+
+impl AsyncRead for ServedConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServedConnection::Plain(c) => Pin::new(c).poll_read(cx, buf),
+            ServedConnection::Tls(c) => Pin::new(c.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServedConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServedConnection::Plain(c) => Pin::new(c).poll_write(cx, buf),
+            ServedConnection::Tls(c) => Pin::new(c.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServedConnection::Plain(c) => Pin::new(c).poll_write_vectored(cx, bufs),
+            ServedConnection::Tls(c) => Pin::new(c.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServedConnection::Plain(c) => c.is_write_vectored(),
+            ServedConnection::Tls(c) => c.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServedConnection::Plain(c) => Pin::new(c).poll_flush(cx),
+            ServedConnection::Tls(c) => Pin::new(c.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServedConnection::Plain(c) => Pin::new(c).poll_shutdown(cx),
+            ServedConnection::Tls(c) => Pin::new(c.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connected for ServedConnection {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            ServedConnection::Plain(c) => c.connect_info(),
+            ServedConnection::Tls(c) => c.get_ref().0.connect_info(),
+        }
+    }
 }
 
 /// The accepted connections of `listener`, within `limits`.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distkv_engine::StorageEngine;
+use distkv_network::tls::{NodeTls, Reloadable};
 use distkv_network::{
     DetectorSettings, GrpcTransport, Membership, PeerService, StaticMembership, Transport,
 };
@@ -102,14 +103,104 @@ pub async fn run(
             .map_err(|e| StartupError(e.to_string()))?
         }
     };
+    let tls = load_tls(&config)?;
     let transport = match config.transport.kind {
-        TransportKind::Grpc => GrpcTransport::new(
-            membership.local().id.clone(),
-            Duration::from_secs(2).min(config.replication.request_timeout),
-        )
-        .with_max_message_bytes(peer_message_limit(&config)),
+        TransportKind::Grpc => {
+            let t = GrpcTransport::new(
+                membership.local().id.clone(),
+                Duration::from_secs(2).min(config.replication.request_timeout),
+            )
+            .with_max_message_bytes(peer_message_limit(&config));
+            match &tls {
+                Some(tls) => t.with_tls(tls.peer_client.clone()),
+                None => t,
+            }
+        }
     };
-    launch::<_, HashRing, _>(config, settings, membership, transport, shutdown).await
+    launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
+}
+
+/// The configurations new connections use, replaced together when the certificates are
+/// reloaded.
+#[derive(Clone)]
+struct LiveTls {
+    client_port: Arc<Reloadable<rustls::ServerConfig>>,
+    peer_port: Arc<Reloadable<rustls::ServerConfig>>,
+    peer_client: Arc<Reloadable<rustls::ClientConfig>>,
+}
+
+impl LiveTls {
+    fn new(tls: NodeTls) -> Self {
+        LiveTls {
+            client_port: Reloadable::new(tls.client_port),
+            peer_port: Reloadable::new(tls.peer_port),
+            peer_client: Reloadable::new(tls.peer_client),
+        }
+    }
+
+    fn replace(&self, tls: NodeTls) {
+        self.client_port.replace(tls.client_port);
+        self.peer_port.replace(tls.peer_port);
+        self.peer_client.replace(tls.peer_client);
+    }
+}
+
+/// Loads the certificates when TLS is on (a bad file stops the node with one line naming
+/// it); warns once that traffic is unprotected when it is off.
+fn load_tls(config: &Config) -> Result<Option<LiveTls>, StartupError> {
+    match config.tls.files() {
+        Some(files) => {
+            let tls = NodeTls::load(&files)
+                .map_err(|e| StartupError(format!("cannot start with TLS (setting tls.*): {e}")))?;
+            Ok(Some(LiveTls::new(tls)))
+        }
+        None => {
+            tracing::warn!(
+                "TLS is off: client and peer traffic is unauthenticated and unencrypted; keep the client and peer ports off untrusted networks, or enable TLS (tls.enabled, `distkv-server cert` makes certificates)"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Reloads the certificates on every SIGHUP, for connections made from then on; a failed
+/// reload keeps the old ones and says why.
+fn watch_reloads(config: &Config, live: LiveTls) {
+    let Some(files) = config.tls.files() else {
+        return;
+    };
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: certificates reload only at restart");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let loading = files.clone();
+            let loaded = match tokio::task::spawn_blocking(move || NodeTls::load(&loading)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "the certificate reload task failed; keeping the current certificates");
+                    continue;
+                }
+            };
+            match loaded {
+                Ok(tls) => {
+                    live.replace(tls);
+                    tracing::info!(
+                        cert = %files.cert.display(),
+                        "SIGHUP: certificates reloaded; new connections use them, open ones keep theirs"
+                    );
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: certificate reload failed; keeping the current certificates"
+                ),
+            }
+        }
+    });
 }
 
 /// Opens the node's files, wires the node over the chosen membership and transport, and
@@ -119,6 +210,7 @@ async fn launch<M, P, T>(
     settings: NodeSettings,
     membership: M,
     transport: T,
+    tls: Option<LiveTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError>
 where
@@ -129,6 +221,9 @@ where
     let listen = config
         .listen_addr()
         .map_err(|e| StartupError(format!("invalid setting address = {}: {e}", config.address)))?;
+    let peer_listen = config
+        .peer_listen_addr()
+        .map_err(|e| StartupError(format!("invalid setting peer_address: {e}")))?;
     let members = membership.layout().members().len();
     if settings.replicas > members {
         tracing::warn!(
@@ -140,6 +235,9 @@ where
     // Bind before opening storage, so a busy port fails fast and leaves the data alone.
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         StartupError(format!("cannot listen on {listen} (setting address): {e}; choose a free port or stop the other process"))
+    })?;
+    let peer_listener = tokio::net::TcpListener::bind(peer_listen).await.map_err(|e| {
+        StartupError(format!("cannot listen on {peer_listen} for peers (setting peer_address, default: the client port + 1000): {e}; choose a free port with --peer-address or stop the other process"))
     })?;
     // Held for the life of the process: a second node on the same data directory would
     // interleave its writes with ours.
@@ -157,17 +255,28 @@ where
     );
     let supervisor = Supervisor::new();
     parts.start_background(&supervisor);
+    if let Some(live) = &tls {
+        watch_reloads(&config, live.clone());
+    }
     tracing::info!(
         node_id = %local.id,
         address = %listen,
-        advertise = %local.address,
+        advertise = %config.advertised(),
+        peer_address = %peer_listen,
+        peer_advertise = %local.address,
+        tls = tls.is_some(),
         engine = %engine_name,
         replicas = config.replication.replicas,
         read_quorum = config.replication.read_quorum,
         write_quorum = config.replication.write_quorum,
         "distkv node listening"
     );
-    let served = serve(&parts, listener, &config, engine_name, shutdown).await;
+    let listeners = Listeners {
+        client: listener,
+        peer: peer_listener,
+        tls,
+    };
+    let served = serve(&parts, listeners, &config, engine_name, shutdown).await;
     let late = supervisor.shutdown(config.shutdown_timeout).await;
     if !late.is_empty() {
         tracing::warn!(tasks = ?late, "background tasks were aborted at shutdown");
@@ -176,11 +285,23 @@ where
     served
 }
 
-/// Serves the client and peer services until `shutdown`, then lets in-flight requests
-/// finish (up to `shutdown_timeout`).
+/// The bound sockets and the TLS configuration they serve with.
+struct Listeners {
+    client: tokio::net::TcpListener,
+    peer: tokio::net::TcpListener,
+    tls: Option<LiveTls>,
+}
+
+/// Most requests in flight on one peer connection: a peer multiplexes all its calls to
+/// this node on one connection, and the replica queues (`replica_queue_depth`) bound the
+/// work they start.
+const PEER_MAX_STREAMS: u32 = 8192;
+
+/// Serves the client API on the client port and the peer service on the peer port until
+/// `shutdown`, then lets in-flight requests finish (up to `shutdown_timeout`).
 async fn serve<M, P, T>(
     parts: &Assembled<dyn StorageEngine, M, P, T>,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     config: &Config,
     engine_name: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -199,22 +320,31 @@ where
     ))
     .max_decoding_message_size(message_limit.max(64 << 20))
     .max_encoding_message_size(usize::MAX);
+    // Reflection lists only what clients may call: the peer service is on the peer port.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(distkv_proto::FILE_DESCRIPTOR_SET)
+        .with_service_name("distkv.v1.KeyValue")
         .build_v1()
         .map_err(|e| StartupError(format!("cannot build the gRPC reflection service: {e}")))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
         let _ = stopping_tx.send(());
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(true);
     });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let l = &config.limits;
     // Pings at a third of the idle timeout keep live connections busy and find dead
     // ones: a connection that does not answer one within its timeout is closed.
     let ping_every = (l.idle_timeout / 3).max(Duration::from_millis(100));
+    let limits = ConnectionLimits {
+        max_connections: l.max_connections,
+        idle_timeout: l.idle_timeout,
+    };
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(l.max_streams_per_connection)
@@ -229,23 +359,38 @@ where
             l.max_concurrent_requests,
         ))
         .add_service(kv)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            listener::serve_incoming(
+                listeners.client,
+                limits,
+                listeners.tls.as_ref().map(|t| t.client_port.clone()),
+                "client",
+            ),
+            stopped(stop_rx.clone()),
+        );
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_concurrent_streams(PEER_MAX_STREAMS)
+        .http2_keepalive_interval(Some(ping_every))
+        .http2_keepalive_timeout(Some(ping_every))
         .add_service(PeerService::server(
             parts.peer.clone(),
             peer_message_limit(config),
         ))
-        .add_service(reflection)
         .serve_with_incoming_shutdown(
-            listener::incoming(
-                listener,
-                ConnectionLimits {
-                    max_connections: l.max_connections,
-                    idle_timeout: l.idle_timeout,
-                },
+            listener::serve_incoming(
+                listeners.peer,
+                limits,
+                listeners.tls.as_ref().map(|t| t.peer_port.clone()),
+                "peer",
             ),
-            async {
-                let _ = stop_rx.await;
-            },
+            stopped(stop_rx),
         );
+    let server = async move {
+        let (client, peer) = tokio::join!(server, peer_server);
+        client.and(peer)
+    };
     let timeout = config.shutdown_timeout;
     tokio::pin!(server);
     let served = tokio::select! {
