@@ -368,6 +368,16 @@ pub fn client_config(options: &ClientTlsOptions) -> Result<Arc<ClientConfig>, Tl
     Ok(Arc::new(config))
 }
 
+/// A connector for `options`: their client configuration, checking the server's
+/// certificate against `options.server_name` when set.
+pub fn client_connector(options: &ClientTlsOptions) -> Result<TlsConnector, TlsError> {
+    let connector = TlsConnector::new(Reloadable::new(client_config(options)?));
+    match &options.server_name {
+        Some(name) => connector.with_server_name(name),
+        None => Ok(connector),
+    }
+}
+
 /// Wraps a WebPKI verifier and also requires the node role of the other side's leaf.
 #[derive(Debug)]
 enum NodesOnly {
@@ -632,7 +642,7 @@ fn explain_client_handshake(e: io::Error) -> io::Error {
     let text = e.to_string();
     let hint = if text.contains("InvalidContentType") || text.contains("corrupt message") {
         "; the server answered in plaintext: it has no TLS on this port (drop --tls-enabled, or enable TLS on the node)"
-    } else if text.contains("UnknownIssuer") {
+    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
         "; the server's certificate was not signed by the CA given (check --tls-ca-file)"
     } else if text.contains("NotValidForName") {
         "; the server's certificate does not name the address dialled (use the name it was made for, or --tls-server-name)"

@@ -111,9 +111,12 @@ pub fn create_ca(dir: &Path, validity: Validity, overwrite: bool) -> CertResult<
     refuse_existing(&[crt.clone(), key.clone()], overwrite)?;
     let key_pair = KeyPair::generate().map_err(rcgen_error("generate the CA key"))?;
     let mut params = CertificateParams::default();
+    // A name of its own (from its key), so another cluster's certificates are "signed by
+    // an unknown CA" rather than "badly signed by this one".
+    let tag = xxhash_rust::xxh3::xxh3_64(key_pair.public_key_raw());
     params
         .distinguished_name
-        .push(DnType::CommonName, "DistKV CA");
+        .push(DnType::CommonName, format!("DistKV CA {:08x}", tag >> 32));
     params
         .distinguished_name
         .push(DnType::OrganizationName, "DistKV");

@@ -87,6 +87,21 @@ pub struct Server {
     netns: Option<String>,
 }
 
+/// The TLS flags among a node's arguments: `(ca, Some((cert, key)))` when it serves TLS.
+fn tls_of(args: &[String]) -> Option<(PathBuf, Option<(PathBuf, PathBuf)>)> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    if !args.iter().any(|a| a == "--tls-enabled") {
+        return None;
+    }
+    let ca = value("--tls-ca-file")?;
+    Some((ca, value("--tls-cert-file").zip(value("--tls-key-file"))))
+}
+
 impl Server {
     /// Starts a node on a free port with its data in `data_dir`, plus `args`, and waits
     /// until it answers.
@@ -214,8 +229,15 @@ impl Server {
                 }
             }
             let addr = self.addr.clone();
+            let tls = tls_of(&self.args);
             let ok = rt.block_on(async move {
-                let Ok(mut c) = connect(&addr).await else {
+                let client = match &tls {
+                    // The node's own certificate also opens its client port when it asks
+                    // clients for one.
+                    Some((ca, identity)) => connect_tls(&addr, ca, identity.clone()).await,
+                    None => connect(&addr).await,
+                };
+                let Ok(mut c) = client else {
                     return false;
                 };
                 c.status(StatusRequest {}).await.is_ok()
@@ -275,9 +297,18 @@ impl Server {
         self.spawn()
     }
 
-    /// Runs `distkv-client --server ADDR ARGS...`.
+    /// Runs `distkv-client --server ADDR ARGS...` (with `--tls-enabled --tls-ca-file CA`
+    /// when the node serves TLS).
     pub fn client(&self, args: &[&str]) -> Output {
-        run_client(&self.addr, args, None)
+        match tls_of(&self.args) {
+            Some((ca, _)) => {
+                let ca = ca.to_string_lossy().into_owned();
+                let mut all = vec!["--tls-enabled", "--tls-ca-file", ca.as_str()];
+                all.extend_from_slice(args);
+                run_client(&self.addr, &all, None)
+            }
+            None => run_client(&self.addr, args, None),
+        }
     }
 
     /// Runs `distkv-client` with `stdin` as its standard input.
@@ -331,6 +362,30 @@ pub async fn connect(addr: &str) -> Result<KeyValueClient<Channel>> {
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))
         .connect()
+        .await?;
+    Ok(KeyValueClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// A gRPC client of the TLS client port at `addr`, trusting `ca` and showing `identity`
+/// (certificate and key files) when given.
+pub async fn connect_tls(
+    addr: &str,
+    ca: &Path,
+    identity: Option<(PathBuf, PathBuf)>,
+) -> Result<KeyValueClient<Channel>> {
+    let connector =
+        distkv_network::tls::client_connector(&distkv_network::tls::ClientTlsOptions {
+            ca: Some(ca.to_path_buf()),
+            identity,
+            server_name: None,
+            insecure_skip_verify: false,
+        })?;
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_with_connector(connector)
         .await?;
     Ok(KeyValueClient::new(channel)
         .max_decoding_message_size(usize::MAX)

@@ -65,7 +65,7 @@ struct TlsArgs {
 impl TlsArgs {
     /// The connector for these options, or None for plaintext.
     fn connector(&self) -> Result<Option<distkv_network::tls::TlsConnector>, Failure> {
-        use distkv_network::tls::{client_config, ClientTlsOptions, Reloadable, TlsConnector};
+        use distkv_network::tls::{client_connector, ClientTlsOptions};
         let any = self.tls_ca_file.is_some()
             || self.tls_cert_file.is_some()
             || self.tls_server_name.is_some()
@@ -87,14 +87,9 @@ impl TlsArgs {
             server_name: self.tls_server_name.clone(),
             insecure_skip_verify: self.tls_insecure_skip_verify,
         };
-        let config = client_config(&options).map_err(|e| Failure::usage(e.0))?;
-        let mut connector = TlsConnector::new(Reloadable::new(config));
-        if let Some(name) = &self.tls_server_name {
-            connector = connector
-                .with_server_name(name)
-                .map_err(|e| Failure::usage(e.0))?;
-        }
-        Ok(Some(connector))
+        client_connector(&options)
+            .map(Some)
+            .map_err(|e| Failure::usage(e.0))
     }
 }
 

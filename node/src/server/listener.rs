@@ -7,7 +7,7 @@
 //!
 //! With TLS, each accepted connection does its handshake in its own task (bounded by the
 //! same connection slots and by [`HANDSHAKE_TIMEOUT`]), so a slow or silent client never
-//! holds up the others; a failed handshake is logged (at most once a second per listener)
+//! holds up the others; a failed handshake is logged (at most ten a second per listener)
 //! and the connection closed. A plaintext HTTP/2 client on a TLS port is recognised by its
 //! first bytes and refused with a log line saying so.
 
@@ -127,11 +127,16 @@ async fn handshake(
         .map_err(|e| format!("TLS handshake failed: {e}"))
 }
 
-/// Logs at most one refused connection a second per listener, with the count of the
-/// ones not logged.
+/// Refused connections logged per listener in one second; the rest are counted and the
+/// count is logged with the next line.
+const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
+
+/// Logs at most [`REFUSALS_LOGGED_PER_SECOND`] refused connections a second per listener,
+/// with the count of the ones not logged.
 #[derive(Default)]
 struct Throttle {
-    state: Mutex<(Option<Instant>, u64)>,
+    /// Start of the current second, lines logged in it, refusals not logged.
+    state: Mutex<(Option<Instant>, u32, u64)>,
 }
 
 impl Throttle {
@@ -139,13 +144,17 @@ impl Throttle {
         let mut state = self.state.lock();
         if state
             .0
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
-            state.1 += 1;
+            state.0 = Some(Instant::now());
+            state.1 = 0;
+        }
+        if state.1 >= REFUSALS_LOGGED_PER_SECOND {
+            state.2 += 1;
             return;
         }
-        let suppressed = std::mem::take(&mut state.1);
-        state.0 = Some(Instant::now());
+        state.1 += 1;
+        let suppressed = std::mem::take(&mut state.2);
         drop(state);
         let peer = peer.map(|p| p.to_string()).unwrap_or_default();
         tracing::warn!(port, %peer, suppressed, "connection refused: {why}");

@@ -43,6 +43,24 @@ pub struct Args {
     /// gRPC channels (HTTP/2 connections) per target, shared by the clients.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// Talk TLS to the targets.
+    #[arg(long)]
+    pub tls_enabled: bool,
+    /// CA certificate that signed the nodes' certificates (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for nodes that ask for one.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Name to check the nodes' certificates against (default: each target's host).
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// Accept any server certificate (testing only; warns).
+    #[arg(long)]
+    pub tls_insecure_skip_verify: bool,
     /// Length of the measured phase, e.g. 30s, 2m.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -129,6 +147,8 @@ pub struct Config {
     pub args: Args,
     pub targets: Vec<Target>,
     pub output: Option<(OutputFormat, String)>,
+    /// TLS settings, when `--tls-enabled`.
+    pub tls: Option<distkv_network::tls::ClientTlsOptions>,
 }
 
 /// A failure with its exit code and one-line message.
@@ -239,10 +259,29 @@ pub fn validate(
             addrs,
         });
     }
+    let tls = if args.tls_enabled {
+        Some(distkv_network::tls::ClientTlsOptions {
+            ca: args.tls_ca_file.clone(),
+            identity: args.tls_cert_file.clone().zip(args.tls_key_file.clone()),
+            server_name: args.tls_server_name.clone(),
+            insecure_skip_verify: args.tls_insecure_skip_verify,
+        })
+    } else if args.tls_ca_file.is_some()
+        || args.tls_cert_file.is_some()
+        || args.tls_server_name.is_some()
+        || args.tls_insecure_skip_verify
+    {
+        return Err(Failure::usage(
+            "--tls-* options were given without --tls-enabled; add --tls-enabled to talk TLS",
+        ));
+    } else {
+        None
+    };
     Ok(Config {
         args,
         targets,
         output,
+        tls,
     })
 }
 

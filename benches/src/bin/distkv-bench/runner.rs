@@ -39,8 +39,29 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 pub async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Channel>>>, Failure> {
     let args = &config.args;
     let mut all = Vec::with_capacity(config.targets.len());
+    if config.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+        eprintln!("distkv-bench: warning: --tls-insecure-skip-verify: the nodes' certificates are not checked");
+    }
     for target in &config.targets {
         let mut channels = Vec::with_capacity(args.connections);
+        // Certificates are checked against the target's host unless --tls-server-name.
+        let tls = match &config.tls {
+            None => None,
+            Some(options) => {
+                let host = target
+                    .name
+                    .rsplit_once(':')
+                    .map_or(target.name.as_str(), |(h, _)| h);
+                let options = distkv_network::tls::ClientTlsOptions {
+                    server_name: options.server_name.clone().or(Some(host.to_string())),
+                    ..options.clone()
+                };
+                Some(
+                    distkv_network::tls::client_connector(&options)
+                        .map_err(|e| Failure::usage(e.0))?,
+                )
+            }
+        };
         // The first connection finds an address that answers; the others reuse it.
         let mut candidates = target.addrs.clone();
         for _ in 0..args.connections {
@@ -51,7 +72,11 @@ pub async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Chann
                     .map_err(|e| Failure::usage(format!("target {}: {e}", target.name)))?
                     .connect_timeout(args.timeout.min(Duration::from_secs(5)))
                     .tcp_nodelay(true);
-                match endpoint.connect().await {
+                let attempt = match &tls {
+                    Some(connector) => endpoint.connect_with_connector(connector.clone()).await,
+                    None => endpoint.connect().await,
+                };
+                match attempt {
                     Ok(channel) => {
                         connected = Some((i, channel));
                         break;
