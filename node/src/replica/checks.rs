@@ -365,4 +365,122 @@ mod tests {
         let err = accept_record(b"k", b"\x07junk", Origin::Repair, &limits(), NOW).unwrap_err();
         assert!(err.contains("unknown record format 7"), "{err}");
     }
+
+    mod robustness {
+        use super::*;
+        use crate::replica::origin_from_wire;
+        use crate::version::ContextLimits;
+        use distkv_proto::v1::{peer_request, PeerRequest};
+        use proptest::prelude::*;
+
+        /// Decodes `bytes` as a peer envelope and runs every record in it through the
+        /// checks a replica applies (the handler's conversion), as the fuzz target does.
+        fn peer_envelope(bytes: &[u8]) {
+            let Ok(request) = <PeerRequest as prost::Message>::decode(bytes) else {
+                return;
+            };
+            match request.body {
+                Some(peer_request::Body::Merge(m)) => {
+                    for e in &m.entries {
+                        let origin = origin_from_wire(e.origin);
+                        let _ = accept_record(&e.key, &e.record, origin, &limits(), NOW);
+                    }
+                }
+                Some(peer_request::Body::Replicate(r)) => {
+                    for kr in &r.records {
+                        let _ = accept_record(&kr.key, &kr.record, Origin::Repair, &limits(), NOW);
+                    }
+                }
+                Some(peer_request::Body::Read(r)) => {
+                    for k in &r.keys {
+                        let _ = check_key(k, &limits());
+                    }
+                }
+                Some(peer_request::Body::RangePull(r)) => {
+                    let _ = check_cursor(&r.after, &limits());
+                }
+                _ => {}
+            }
+        }
+
+        fn arb_record() -> impl Strategy<Value = Record> {
+            let sibling = (
+                0usize..3,
+                0u64..4,
+                prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+            )
+                .prop_map(|(a, c, v)| Sibling {
+                    dot: Dot {
+                        actor: format!("n{a}"),
+                        counter: NOW - c,
+                    },
+                    timestamp_ms: c,
+                    value: v,
+                });
+            (
+                prop::collection::vec(sibling, 0..6),
+                prop::collection::vec((0usize..5, 0u64..9), 0..5),
+            )
+                .prop_map(|(siblings, seen)| {
+                    let mut vv = VersionVector::new();
+                    for (a, c) in seen {
+                        vv.add(&Dot {
+                            actor: format!("s{a}"),
+                            counter: NOW - c,
+                        });
+                    }
+                    Record { seen: vv, siblings }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_peer_envelopes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                peer_envelope(&bytes);
+            }
+
+            #[test]
+            fn records_round_trip_and_mutations_never_panic(
+                r in arb_record(),
+                flips in prop::collection::vec((any::<usize>(), 1u8..), 0..4),
+                cut in any::<usize>(),
+            ) {
+                let encoded = r.encode();
+                prop_assert_eq!(Record::decode(&encoded).unwrap(), r.clone());
+                // Within the caps the bounded decode is the plain one.
+                prop_assert_eq!(decode_record(&encoded, Origin::Repair, &limits()).unwrap(), r.clone());
+                let mut bad = encoded;
+                for (at, x) in flips {
+                    let i = at % bad.len();
+                    bad[i] ^= x;
+                }
+                bad.truncate(cut % (bad.len() + 1));
+                let _ = Record::decode(&bad);
+                for origin in [Origin::Client, Origin::Repair] {
+                    let _ = accept_record(b"k", &bad, origin, &limits(), NOW);
+                }
+            }
+
+            #[test]
+            fn client_contexts_round_trip_and_mutations_never_panic(
+                r in arb_record(),
+                flips in prop::collection::vec((any::<usize>(), 1u8..), 0..4),
+                cut in any::<usize>(),
+            ) {
+                let ctx_limits = ContextLimits { max_bytes: 4096, max_actor_bytes: 8, max_ahead_micros: 1_000 };
+                let ctx = r.context();
+                let encoded = ctx.to_context();
+                prop_assert_eq!(VersionVector::from_client_context(&encoded, &ctx_limits, NOW).unwrap(), ctx);
+                let mut bad = encoded;
+                for (at, x) in flips {
+                    let i = at % bad.len();
+                    bad[i] ^= x;
+                }
+                bad.truncate(cut % (bad.len() + 1));
+                let _ = VersionVector::from_client_context(&bad, &ctx_limits, NOW);
+            }
+        }
+    }
 }
