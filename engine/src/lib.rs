@@ -40,6 +40,13 @@ pub mod test_hooks {
     }
 }
 
+/// Entry points into the engine's decoders of on-disk bytes, for fuzzing and robustness
+/// tests; not part of the API. Each takes arbitrary bytes and must never panic.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::lsm::fuzz_hooks::{data_block, log, manifest_edit, sstable, wal_batch};
+}
+
 pub use lsm::{lock_dir, CompactionStrategy, Lsm, LsmOptions, SyncPolicy};
 pub use types::{EngineStats, Error, KeyRange, Result, StatValue, WriteBatch, WriteOp};
 

@@ -324,6 +324,7 @@ mod tests {
                     node_id: self.id.clone(),
                 })),
                 Req::Replicate(_) => Ok(Resp::Replicate(ReplicateResponse {})),
+                Req::Merge(_) => Ok(Resp::Merge(Default::default())),
                 Req::Read(_) => Err(HandlerError::Refused("read refused".into())),
                 Req::RangePull(r) => Ok(Resp::RangePull(self.page(&r))),
             }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse};
 use distkv_proto::v1::{
-    KeyRecord, PeerReadRequest, PeerReadResponse, PingRequest, PingResponse, RangePullRequest,
-    RangePullResponse, ReplicateRequest, ReplicateResponse,
+    KeyRecord, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse, PingRequest,
+    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -76,6 +76,7 @@ peer_rpcs! {
     Read("read"): PeerReadRequest => PeerReadResponse,
     Ping("ping"): PingRequest => PingResponse,
     RangePull("range_pull"): RangePullRequest => RangePullResponse,
+    Merge("merge"): MergeRequest => MergeResponse,
 }
 
 /// The checksum of a range-pull page, `RangePullResponse::checksum`: XXH3-64 over, per

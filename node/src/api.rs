@@ -63,6 +63,10 @@ pub struct NodeSettings {
     pub hint_replay_interval: Duration,
     /// Most hints sent to one target per replay round (the replay throttle).
     pub hint_replay_batch: usize,
+    /// Most siblings a client write may grow a key to; a blind write past it is refused
+    /// (FAILED_PRECONDITION) until a write with the key's context resolves them. Repairs
+    /// and hints are never refused for it.
+    pub max_siblings: usize,
     /// Most actors kept in a write's causal context (oldest dropped beyond).
     pub max_vector_entries: usize,
     /// Largest causal context a client may send, encoded.
@@ -106,6 +110,7 @@ impl Default for NodeSettings {
             hints_count_toward_w: false,
             hint_replay_interval: Duration::from_secs(1),
             hint_replay_batch: 512,
+            max_siblings: 64,
             max_vector_entries: 64,
             max_context_bytes: 64 * 1024,
             max_clock_skew: Duration::from_secs(3600),

@@ -11,7 +11,7 @@ use crate::api::NodeSettings;
 use crate::coordinator::{Node, NodeParts};
 use crate::handoff::{Handoff, HintStore};
 use crate::placement::{Partitioner, Placement, PlacementSnapshot};
-use crate::replica::{PeerEndpoint, ReplicaStore, Replicas};
+use crate::replica::{PeerEndpoint, PeerLimits, ReplicaStore, Replicas};
 use crate::supervisor::Supervisor;
 
 /// The subsystems of one node, wired together.
@@ -53,6 +53,7 @@ where
     let store = Arc::new(ReplicaStore::new(
         storage,
         settings.conflict,
+        settings.max_siblings,
         P::token,
         &local.id,
         settings.replica_queue_depth,
@@ -84,7 +85,11 @@ where
         },
         settings.clone(),
     );
-    let peer = Arc::new(PeerEndpoint::new(local.id, store.clone()));
+    let peer = Arc::new(PeerEndpoint::new(
+        local.id,
+        store.clone(),
+        PeerLimits::from_settings(&settings),
+    ));
     Assembled {
         node,
         peer,

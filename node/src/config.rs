@@ -188,6 +188,9 @@ pub struct LimitsConfig {
     pub max_batch_entries: usize,
     /// Largest causal context a client may send, in bytes.
     pub max_context_bytes: usize,
+    /// Most siblings a client write may grow a key to; a blind write past it is refused
+    /// until a write with the key's context resolves them.
+    pub max_siblings: usize,
     /// The clock skew tolerated between nodes: a context counter further ahead of this
     /// node's clock was issued by no node and is refused.
     #[serde(with = "humantime_serde")]
@@ -212,6 +215,7 @@ impl Default for LimitsConfig {
             max_value_bytes: d.max_value_bytes,
             max_batch_entries: d.max_batch_entries,
             max_context_bytes: d.max_context_bytes,
+            max_siblings: d.max_siblings,
             max_clock_skew: d.max_clock_skew,
             max_connections: d.max_connections,
             idle_timeout: d.idle_timeout,
@@ -857,6 +861,7 @@ impl Config {
             ("limits.max_key_bytes", l.max_key_bytes),
             ("limits.max_value_bytes", l.max_value_bytes),
             ("limits.max_batch_entries", l.max_batch_entries),
+            ("limits.max_siblings", l.max_siblings),
         ] {
             if v == 0 {
                 return Err(bad(key, &v, "must be at least 1".into()));

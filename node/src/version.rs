@@ -275,6 +275,21 @@ impl Record {
         self.normalize();
     }
 
+    /// How many siblings `self` would hold after [`Record::merge`] with `other`, without
+    /// merging (nothing is cloned but the version vector).
+    pub fn siblings_after_merge(&self, other: &Record) -> usize {
+        let mut seen = self.seen.clone();
+        seen.join(&other.seen);
+        let dots: std::collections::BTreeSet<&Dot> = self
+            .siblings
+            .iter()
+            .chain(&other.siblings)
+            .map(|s| &s.dot)
+            .filter(|d| !seen.covers(d))
+            .collect();
+        dots.len()
+    }
+
     /// The causal context a client gets from reading this record: everything it saw.
     pub fn context(&self) -> VersionVector {
         let mut vv = self.seen.clone();
@@ -329,13 +344,31 @@ impl Record {
 
     /// Decodes a record written by [`Record::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_bounded(bytes, usize::MAX, usize::MAX)
+    }
+
+    /// Decodes a record, refusing one that holds more than `max_siblings` siblings or
+    /// whose `seen` vector has more than `max_actors` actors before decoding them, so a
+    /// crafted record cannot make the decoder allocate far more than the bytes it came
+    /// in (each sibling takes a few bytes encoded but ~70 bytes decoded).
+    pub fn decode_bounded(
+        bytes: &[u8],
+        max_siblings: usize,
+        max_actors: usize,
+    ) -> Result<Self, DecodeError> {
         let mut r = Reader { buf: bytes, pos: 0 };
         let format = r.u8()?;
         if format != RECORD_FORMAT {
             return Err(DecodeError(format!("unknown record format {format}")));
         }
-        let seen = r.vv()?;
-        let n = r.varint()? as usize;
+        let seen = r.vv_bounded(max_actors)?;
+        let n = r.varint()?;
+        if n > max_siblings as u64 {
+            return Err(DecodeError(format!(
+                "record holds {n} siblings, more than the {max_siblings} accepted"
+            )));
+        }
+        let n = n as usize;
         let mut siblings = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
             let actor = r.string()?;
@@ -425,7 +458,16 @@ impl<'a> Reader<'a> {
     }
 
     fn vv(&mut self) -> Result<VersionVector, DecodeError> {
-        let n = self.varint()? as usize;
+        self.vv_bounded(usize::MAX)
+    }
+
+    fn vv_bounded(&mut self, max_actors: usize) -> Result<VersionVector, DecodeError> {
+        let n = self.varint()?;
+        if n > max_actors as u64 {
+            return Err(DecodeError(format!(
+                "version vector holds {n} actors, more than the {max_actors} accepted"
+            )));
+        }
         let mut map = BTreeMap::new();
         for _ in 0..n {
             let actor = self.string()?;
@@ -659,6 +701,11 @@ mod tests {
             prop_assert_eq!(merged(&a, &b), merged(&b, &a));
             prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
             prop_assert_eq!(merged(&a, &a), a.clone());
+        }
+
+        #[test]
+        fn siblings_after_merge_counts_what_merge_keeps(a in arb_record(), b in arb_record()) {
+            prop_assert_eq!(a.siblings_after_merge(&b), merged(&a, &b).siblings.len());
         }
 
         #[test]

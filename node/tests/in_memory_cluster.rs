@@ -509,3 +509,205 @@ async fn a_crafted_context_is_refused_and_hides_no_later_write() {
         }
     }
 }
+
+fn limited(max_siblings: usize) -> NodeSettings {
+    let mut s = settings(3, 2, 2);
+    s.max_siblings = max_siblings;
+    s
+}
+
+/// limits.max_siblings: blind writes grow a key up to the limit; the next one is refused
+/// by every replica with FAILED_PRECONDITION naming the count, the limit and the way
+/// out, and nothing is written; a write with the context of a read resolves the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_writes_past_max_siblings_are_refused_until_a_write_with_context_resolves_them() {
+    let c = cluster(3, limited(3));
+    // Concurrent blind writes through every node: three siblings.
+    let values: Vec<String> = (0..3).map(|i| format!("v{i}")).collect();
+    let writes: Vec<_> = (0..3)
+        .map(|i| c.put(i, "k", &values[i], b"", Consistency::All))
+        .collect();
+    for w in futures::future::join_all(writes).await {
+        w.expect("within the limit");
+    }
+    for via in 0..3 {
+        let err = c
+            .put(via, "k", "one-too-many", b"", Consistency::Default)
+            .await
+            .expect_err("a fourth sibling is refused");
+        match &err {
+            NodeError::TooManySiblings {
+                held: 3,
+                limit: 3,
+                refused: 3,
+                stored: 0,
+                may_land: false,
+                ..
+            } => {}
+            other => panic!("unexpected error {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("holds 3 siblings")
+                && msg.contains("limits.max_siblings = 3")
+                && msg.contains("nothing was written")
+                && msg.contains("write with the context"),
+            "{msg}"
+        );
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    }
+    // A blind delete adds a tombstone sibling: refused the same way.
+    let err = c.nodes[1]
+        .put(b"k".to_vec(), None, b"", Consistency::One)
+        .await
+        .expect_err("a blind delete past the limit");
+    assert!(matches!(err, NodeError::TooManySiblings { .. }), "{err}");
+    let (values, ctx) = c.get(2, "k", Consistency::All).await.unwrap();
+    assert_eq!(
+        values,
+        vec!["v0", "v1", "v2"],
+        "the refused writes left no trace"
+    );
+    for i in 0..3 {
+        assert_eq!(c.local_values(i, "k").await, vec!["v0", "v1", "v2"]);
+    }
+
+    // A write with the read's context replaces the three siblings.
+    c.put(0, "k", "resolved", &ctx, Consistency::All)
+        .await
+        .expect("a write with context is never refused");
+    let (values, _) = c.get(1, "k", Consistency::All).await.unwrap();
+    assert_eq!(values, vec!["resolved"]);
+    c.put(1, "k", "blind-again", b"", Consistency::All)
+        .await
+        .expect("room for siblings again");
+}
+
+/// Records acknowledged elsewhere are never refused for their sibling count: hints
+/// delivered after a partition, and read repair, store a key past limits.max_siblings on
+/// every replica (refusing them would hide acknowledged writes), after which blind
+/// client writes are refused until the key is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_and_read_repair_store_records_past_max_siblings() {
+    let mut s = limited(3);
+    s.read_repair = ReadRepair::Blocking;
+    let c = cluster(3, s);
+    for key in ["hinted", "repaired"] {
+        c.put(0, key, "base", b"", Consistency::All).await.unwrap();
+    }
+    c.net.partition(&[&["n0", "n1"], &["n2"]]);
+    // Each side adds two blind siblings at ONE: three on each side, within the limit.
+    for key in ["hinted", "repaired"] {
+        for i in 0..2 {
+            c.put(0, key, &format!("left{i}"), b"", Consistency::One)
+                .await
+                .expect("left side");
+            c.put(2, key, &format!("right{i}"), b"", Consistency::One)
+                .await
+                .expect("right side");
+        }
+    }
+    // n0 keeps 4 hints for n2; n2 keeps 8, for n0 and for n1 (two writes per key).
+    c.wait_for_hints(12).await;
+    c.net.heal();
+    let all = vec!["base", "left0", "left1", "right0", "right1"];
+
+    // Read repair first, for one key: merged at ALL, then written back to every
+    // replica as a repair: five siblings everywhere, past the limit of three.
+    let (values, _) = c.get(1, "repaired", Consistency::All).await.unwrap();
+    assert_eq!(values, all);
+    for i in 0..3 {
+        assert_eq!(c.local_values(i, "repaired").await, all, "n{i} repaired");
+    }
+
+    // Hint delivery, for the other key: every hint is stored although it takes each
+    // replica past the limit.
+    assert_eq!(c.replay_all().await, 12, "no hint is refused");
+    for i in 0..3 {
+        assert_eq!(
+            c.local_values(i, "hinted").await,
+            all,
+            "n{i} holds every hint"
+        );
+    }
+
+    // Past the limit, blind writes are refused; a write with context resolves.
+    let err = c
+        .put(1, "hinted", "more", b"", Consistency::Default)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            NodeError::TooManySiblings {
+                held: 5,
+                limit: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let (_, ctx) = c.get(0, "hinted", Consistency::All).await.unwrap();
+    c.put(2, "hinted", "resolved", &ctx, Consistency::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get(1, "hinted", Consistency::All).await.unwrap().0,
+        vec!["resolved"]
+    );
+}
+
+/// When some replicas refuse a client write and others store it (here a replica that
+/// missed earlier siblings), the write succeeds only with W replicas that stored it;
+/// otherwise the error says it may still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_some_replicas_refuse_needs_w_that_stored_it() {
+    let c = cluster(3, limited(2));
+    for key in ["k", "j"] {
+        c.put(0, key, "base", b"", Consistency::All).await.unwrap();
+    }
+    // n2 misses a sibling: n0 and n1 hold two, n2 one.
+    c.net.set_down("n2", true);
+    for key in ["k", "j"] {
+        c.put(0, key, "second", b"", Consistency::Default)
+            .await
+            .unwrap();
+    }
+    // Once n0 kept its hints, its calls to n2 have failed: n2 missed both writes (the
+    // hints are never replayed in this test).
+    c.wait_for_hints(2).await;
+    c.net.set_down("n2", false);
+    for key in ["k", "j"] {
+        assert_eq!(
+            c.local_values(2, key).await,
+            vec!["base"],
+            "n2 missed {key}"
+        );
+    }
+    // A blind write: n0 and n1 refuse (it would make three), n2 stores it.
+    let err = c
+        .put(2, "k", "third", b"", Consistency::Default)
+        .await
+        .expect_err("one replica stored it, W is 2");
+    match &err {
+        NodeError::TooManySiblings {
+            refused: 2,
+            stored: 1,
+            needed: 2,
+            may_land: true,
+            ..
+        } => {}
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(err.to_string().contains("may still appear"), "{err}");
+    assert_eq!(c.local_values(2, "k").await, vec!["base", "third"]);
+    assert_eq!(c.local_values(0, "k").await, vec!["base", "second"]);
+    // At ONE, n2's acknowledgement is enough: success although two replicas refused
+    // (they learn the write by read repair or anti-entropy, which are never refused).
+    c.put(2, "j", "third", b"", Consistency::One)
+        .await
+        .expect("W=1 stored by n2");
+    assert_eq!(c.local_values(2, "j").await, vec!["base", "third"]);
+    assert_eq!(c.local_values(1, "j").await, vec!["base", "second"]);
+}

@@ -124,7 +124,7 @@ const TAG_ADD: u8 = 4;
 const TAG_DELETE: u8 = 5;
 
 impl Edit {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (tag, v) in [
             (TAG_LOG, self.log_number),
@@ -153,7 +153,7 @@ impl Edit {
         out
     }
 
-    fn decode(payload: &[u8]) -> Option<Edit> {
+    pub(crate) fn decode(payload: &[u8]) -> Option<Edit> {
         let mut c = Cursor::new(payload);
         let mut e = Edit::default();
         while !c.is_empty() {

@@ -248,10 +248,10 @@ impl TableBuilder {
     }
 }
 
-struct IndexEntry {
-    last_key: Vec<u8>,
-    offset: u64,
-    len: u64,
+pub(crate) struct IndexEntry {
+    pub last_key: Vec<u8>,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// An open, immutable SSTable read through a memory map.
@@ -274,58 +274,7 @@ impl Table {
         // engine never writes to or truncates a live table, so the mapped bytes do not
         // change under us. Every read is bounds- and checksum-checked.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let corrupt = |offset: usize, detail: &str| Error::Corruption {
-            path: path.clone(),
-            offset: offset as u64,
-            detail: detail.to_string(),
-        };
-        if mmap.len() < FOOTER_LEN {
-            return Err(corrupt(0, "file shorter than an SSTable footer"));
-        }
-        let foot_at = mmap.len() - FOOTER_LEN;
-        let footer = &mmap[foot_at..];
-        let mut c = Cursor::new(footer);
-        let (bloom_off, bloom_len, index_off, index_len) = (
-            c.u64().unwrap_or(0),
-            c.u64().unwrap_or(0),
-            c.u64().unwrap_or(0),
-            c.u64().unwrap_or(0),
-        );
-        let version = c.u32().unwrap_or(0);
-        let crc = c.u32().unwrap_or(0);
-        let magic = c.u64().unwrap_or(0);
-        if magic != MAGIC {
-            return Err(corrupt(foot_at + 40, "bad SSTable magic"));
-        }
-        if crc32fast::hash(&footer[..36]) != crc {
-            return Err(corrupt(foot_at, "SSTable footer checksum mismatch"));
-        }
-        if version != FORMAT_VERSION {
-            return Err(corrupt(
-                foot_at + 32,
-                &format!("unsupported SSTable format version {version}"),
-            ));
-        }
-        let bloom_raw = read_block(&path, &mmap, bloom_off, bloom_len)?;
-        let bloom_bytes = bloom_raw.len() as u64;
-        let bloom = Bloom::from_bytes(bloom_raw).map_err(|e| corrupt(bloom_off as usize, e))?;
-        let index_raw = read_block(&path, &mmap, index_off, index_len)?;
-        let mut c = Cursor::new(&index_raw);
-        let n = c
-            .u32()
-            .ok_or_else(|| corrupt(index_off as usize, "truncated index"))?;
-        let mut index = Vec::with_capacity(n.min(1 << 20) as usize);
-        for _ in 0..n {
-            let entry = (|| {
-                Some(IndexEntry {
-                    last_key: c.len_prefixed()?.to_vec(),
-                    offset: c.u64()?,
-                    len: c.u64()?,
-                })
-            })()
-            .ok_or_else(|| corrupt(index_off as usize, "malformed index block"))?;
-            index.push(entry);
-        }
+        let (index, bloom, bloom_bytes) = parse_table(&path, &mmap)?;
         Ok(Table {
             id,
             path,
@@ -451,8 +400,68 @@ impl EntryIter for TableIter {
     }
 }
 
+/// The index, Bloom filter and filter size of the table whose bytes are `data`, checking
+/// the footer, index and filter checksums; every error names `path`.
+pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, Bloom<[u8]>, u64)> {
+    let corrupt = |offset: usize, detail: &str| Error::Corruption {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        detail: detail.to_string(),
+    };
+    if data.len() < FOOTER_LEN {
+        return Err(corrupt(0, "file shorter than an SSTable footer"));
+    }
+    let foot_at = data.len() - FOOTER_LEN;
+    let footer = &data[foot_at..];
+    let mut c = Cursor::new(footer);
+    let (bloom_off, bloom_len, index_off, index_len) = (
+        c.u64().unwrap_or(0),
+        c.u64().unwrap_or(0),
+        c.u64().unwrap_or(0),
+        c.u64().unwrap_or(0),
+    );
+    let version = c.u32().unwrap_or(0);
+    let crc = c.u32().unwrap_or(0);
+    let magic = c.u64().unwrap_or(0);
+    if magic != MAGIC {
+        return Err(corrupt(foot_at + 40, "bad SSTable magic"));
+    }
+    if crc32fast::hash(&footer[..36]) != crc {
+        return Err(corrupt(foot_at, "SSTable footer checksum mismatch"));
+    }
+    if version != FORMAT_VERSION {
+        return Err(corrupt(
+            foot_at + 32,
+            &format!("unsupported SSTable format version {version}"),
+        ));
+    }
+    let bloom_raw = read_block(path, data, bloom_off, bloom_len)?;
+    let bloom_bytes = bloom_raw.len() as u64;
+    let bloom = Bloom::from_bytes(bloom_raw).map_err(|e| corrupt(bloom_off as usize, e))?;
+    let index_raw = read_block(path, data, index_off, index_len)?;
+    let mut c = Cursor::new(&index_raw);
+    let n = c
+        .u32()
+        .ok_or_else(|| corrupt(index_off as usize, "truncated index"))?;
+    // Each entry takes at least 20 bytes: a count past that is caught below, and
+    // must not reserve memory first.
+    let mut index = Vec::with_capacity((n as usize).min(index_raw.len() / 20));
+    for _ in 0..n {
+        let entry = (|| {
+            Some(IndexEntry {
+                last_key: c.len_prefixed()?.to_vec(),
+                offset: c.u64()?,
+                len: c.u64()?,
+            })
+        })()
+        .ok_or_else(|| corrupt(index_off as usize, "malformed index block"))?;
+        index.push(entry);
+    }
+    Ok((index, bloom, bloom_bytes))
+}
+
 /// Reads, checks and decompresses the block at `offset`.
-fn read_block(path: &Path, mmap: &[u8], offset: u64, len: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_block(path: &Path, mmap: &[u8], offset: u64, len: u64) -> Result<Vec<u8>> {
     let corrupt = |detail: &str| Error::Corruption {
         path: path.to_path_buf(),
         offset,

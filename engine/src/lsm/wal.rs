@@ -10,7 +10,7 @@ use super::codec::{self, Cursor};
 use crate::{Error, Result, WriteOp};
 
 /// Smallest valid batch payload: base sequence number and operation count.
-const MIN_PAYLOAD: usize = 12;
+pub(crate) const MIN_PAYLOAD: usize = 12;
 
 /// Path of WAL file `id` in `dir`.
 pub(crate) fn wal_path(dir: &Path, id: u64) -> PathBuf {
@@ -212,7 +212,7 @@ pub(crate) struct RecoveredBatch {
     pub ops: Vec<WriteOp>,
 }
 
-fn decode_batch(payload: &[u8]) -> Option<RecoveredBatch> {
+pub(crate) fn decode_batch(payload: &[u8]) -> Option<RecoveredBatch> {
     let mut c = Cursor::new(payload);
     let base_seq = c.u64()?;
     let n = c.u32()? as usize;

@@ -199,7 +199,7 @@ impl From<tonic::Status> for Failure {
             _ => 4,
         };
         let what = match s.code() {
-            InvalidArgument => "request refused",
+            InvalidArgument | FailedPrecondition => "request refused",
             Unavailable => "unavailable",
             DeadlineExceeded => "timed out",
             _ => "server error",

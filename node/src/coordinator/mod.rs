@@ -11,6 +11,8 @@
 mod clock;
 pub mod quorum;
 
+pub(crate) use clock::now_micros;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +25,10 @@ use crate::api::{BatchEntry, Consistency, NodeSettings, ReadRepair, ReadResult};
 use crate::error::NodeError;
 use crate::handoff::Handoff;
 use crate::placement::{Partitioner, Placement, WriteSets};
-use crate::replica::{Entries, Replicas};
+use crate::replica::{Entries, Origin, Refusal, ReplicaError, Replicas};
 use crate::version::{ContextLimits, Dot, Record, VersionVector};
 use clock::DotClock;
-use quorum::{collect, not_reached, required, QuorumTracker};
+use quorum::{collect, collect_errors, not_reached, required, QuorumTracker};
 
 /// Longest node id: the actor name in every version vector.
 pub const MAX_NODE_ID_BYTES: usize = 255;
@@ -222,7 +224,8 @@ where
         let (sets, needed) = self.write_plan(&key, consistency)?;
         let record = self.now_record(context, value)?;
         let new_context = record.context();
-        self.replicate(sets, vec![(key, record)], needed).await?;
+        self.replicate(sets, vec![(key, record)], needed, Origin::Client)
+            .await?;
         Ok(new_context)
     }
 
@@ -261,7 +264,8 @@ where
             async move {
                 let record = record?;
                 let new_context = record.context();
-                self.replicate(sets, vec![(key, record)], needed).await?;
+                self.replicate(sets, vec![(key, record)], needed, Origin::Client)
+                    .await?;
                 Ok::<_, NodeError>(new_context)
             }
         });
@@ -390,21 +394,35 @@ where
             pending: None,
         };
         if let Err(e) = self
-            .replicate(sets, vec![(key.to_vec(), merged.clone())], needed)
+            .replicate(
+                sets,
+                vec![(key.to_vec(), merged.clone())],
+                needed,
+                Origin::Repair,
+            )
             .await
         {
             tracing::warn!(key_len = key.len(), error = %e, "read repair incomplete");
         }
     }
 
-    /// Sends `entries` to every replica of `sets` at once and waits until each set has
-    /// `needed` acknowledgements, or the deadline. Replicas that answer after this
-    /// returns still apply the write.
+    /// Sends `entries` of `origin` to every replica of `sets` at once and waits until
+    /// each set has `needed` acknowledgements, or the deadline. Replicas that answer
+    /// after this returns still apply the write.
+    ///
+    /// A replica that refuses a client write (it would grow the key past
+    /// `limits.max_siblings`) does not acknowledge it and gets no hint. The write
+    /// succeeds only with `needed` replicas that stored it; if it does not, and some
+    /// replica refused it, the error is [`NodeError::TooManySiblings`]: definite
+    /// ("nothing was written") when no replica stored it and every other replica refused
+    /// it too, and "may still land" otherwise (a replica that stored it, or a hint kept
+    /// for one that did not answer, leaves it as a sibling that read repair spreads).
     async fn replicate(
         self: &Arc<Self>,
         sets: WriteSets,
         entries: Vec<(Vec<u8>, Record)>,
         needed: usize,
+        origin: Origin,
     ) -> Result<(), NodeError> {
         let entries = Arc::new(entries);
         let all = sets.all();
@@ -427,37 +445,65 @@ where
             .enumerate()
             .map(|(i, replica)| {
                 let (node, replica, entries) = (self.clone(), replica.clone(), entries.clone());
-                async move { (i, node.write_replica(&replica, entries).await) }
+                async move { (i, node.write_replica(&replica, entries, origin).await) }
             })
             .collect();
-        let (_, failures) = collect(
-            &mut pending,
-            &mut tracker,
-            self.settings.request_timeout,
-            |i| all[i].id.clone(),
-        )
-        .await;
+        let (_, failures, late) =
+            collect_errors(&mut pending, &mut tracker, self.settings.request_timeout).await;
         if !pending.is_empty() {
             tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
         if !tracker.reached() {
-            return Err(not_reached(tracker.acks(), needed, &failures));
+            let refused = failures.iter().filter(|(_, f)| f.refusal.is_some()).count();
+            if let Some(refusal) = failures.iter().find_map(|(_, f)| f.refusal.clone()) {
+                let Refusal::TooManySiblings { held, limit } = refusal;
+                return Err(NodeError::TooManySiblings {
+                    held,
+                    limit,
+                    refused,
+                    stored: tracker.acks(),
+                    needed,
+                    may_land: tracker.acks() > 0 || refused < all.len(),
+                });
+            }
+            let mut lines: Vec<String> = failures.iter().map(|(_, f)| f.to_string()).collect();
+            lines.extend(late);
+            return Err(not_reached(tracker.acks(), needed, &lines));
         }
         Ok(())
     }
 
     /// Writes to one replica through its queue. When a remote replica fails, the write
     /// becomes a durable hint (if enabled); with `hints_count_toward_w` the stored hint
-    /// is the acknowledgement.
-    async fn write_replica(&self, replica: &NodeInfo, entries: Arc<Entries>) -> Result<(), String> {
-        let error = match self.replicas.write(replica, entries.clone()).await {
+    /// is the acknowledgement. A replica that refused the write gets no hint: the
+    /// refusal is its answer, and a hint (delivered as a repair) would override it.
+    async fn write_replica(
+        &self,
+        replica: &NodeInfo,
+        entries: Arc<Entries>,
+        origin: Origin,
+    ) -> Result<(), WriteFailure> {
+        let error = match self.replicas.write(replica, entries.clone(), origin).await {
             Ok(()) => return Ok(()),
+            Err(ReplicaError::Refused(r)) => {
+                tracing::debug!(peer = %replica, reason = %r, "replica refused a write");
+                return Err(WriteFailure {
+                    replica: replica.id.clone(),
+                    message: format!("refused: {r}"),
+                    refusal: Some(r),
+                });
+            }
             Err(e) => e,
         };
         tracing::debug!(peer = %replica, error = %error, "replica write failed");
+        let failed = |message: String| WriteFailure {
+            replica: replica.id.clone(),
+            message,
+            refusal: None,
+        };
         let handoff = match &self.handoff {
             Some(h) if !self.replicas.is_local(replica) && self.settings.hinted_handoff => h,
-            _ => return Err(error.to_string()),
+            _ => return Err(failed(error.to_string())),
         };
         match handoff.keep(replica, entries).await {
             Ok(()) => {
@@ -465,10 +511,27 @@ where
                 if self.settings.hints_count_toward_w {
                     Ok(())
                 } else {
-                    Err(format!("{error} (kept as a hint)"))
+                    Err(failed(format!("{error} (kept as a hint)")))
                 }
             }
-            Err(e) => Err(format!("{error}; the hint could not be stored either: {e}")),
+            Err(e) => Err(failed(format!(
+                "{error}; the hint could not be stored either: {e}"
+            ))),
         }
+    }
+}
+
+/// Why one replica did not acknowledge a write.
+#[derive(Clone, Debug)]
+struct WriteFailure {
+    replica: String,
+    message: String,
+    /// Set when the replica refused the write (nothing stored there, no hint kept).
+    refusal: Option<Refusal>,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.replica, self.message)
     }
 }

@@ -129,6 +129,25 @@ where
     F: Future<Output = (usize, Result<T, E>)>,
     E: std::fmt::Display,
 {
+    let (answers, errors, late) = collect_errors(pending, tracker, timeout).await;
+    let mut failures: Vec<String> = errors
+        .iter()
+        .map(|(i, e)| format!("{}: {e}", name(*i)))
+        .collect();
+    failures.extend(late);
+    (answers, failures)
+}
+
+/// [`collect`], returning the failures as they are (by replica index) and, apart, the
+/// line saying the deadline passed, if it did.
+pub async fn collect_errors<T, E, F>(
+    pending: &mut FuturesUnordered<F>,
+    tracker: &mut QuorumTracker,
+    timeout: Duration,
+) -> (Vec<(usize, T)>, Vec<(usize, E)>, Option<String>)
+where
+    F: Future<Output = (usize, Result<T, E>)>,
+{
     let mut answers = Vec::new();
     let mut failures = Vec::new();
     let run = async {
@@ -140,16 +159,17 @@ where
                 }
                 Some((i, Err(e))) => {
                     tracker.fail(i);
-                    failures.push(format!("{}: {e}", name(i)));
+                    failures.push((i, e));
                 }
                 None => break,
             }
         }
     };
-    if tokio::time::timeout(timeout, run).await.is_err() {
-        failures.push(format!("deadline of {timeout:?} passed"));
-    }
-    (answers, failures)
+    let late = tokio::time::timeout(timeout, run)
+        .await
+        .is_err()
+        .then(|| format!("deadline of {timeout:?} passed"));
+    (answers, failures, late)
 }
 
 /// The error of a request whose quorum was not reached.

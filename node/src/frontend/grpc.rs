@@ -47,7 +47,10 @@ pub const WRITE_OUTCOME: &str = "distkv-write-outcome";
 
 /// The status of a failed write, marked `uncertain` when the write may still land.
 fn write_status(e: NodeError) -> Status {
-    let uncertain = matches!(e, NodeError::QuorumNotReached { .. });
+    let uncertain = matches!(
+        e,
+        NodeError::QuorumNotReached { .. } | NodeError::TooManySiblings { may_land: true, .. }
+    );
     let mut status = Status::from(e);
     if uncertain {
         status.metadata_mut().insert(

@@ -8,15 +8,16 @@ use async_trait::async_trait;
 use distkv_engine::StorageEngine;
 use distkv_network::{peer_request, peer_response, range_checksum, HandlerError, PeerHandler};
 use distkv_proto::v1::{
-    KeyRecord, PeerReadRequest, PeerReadResponse, PingResponse, RangePullRequest,
-    RangePullResponse, ReplicateRequest, ReplicateResponse,
+    KeyRecord, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse, PingResponse,
+    RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
-use super::ReplicaStore;
+use super::checks::{self, PeerLimits};
+use super::{origin_from_wire, outcome_to_wire, Incoming, Origin, ReplicaStore};
+use crate::coordinator::now_micros;
 use crate::error::NodeError;
 use crate::placement::TokenRange;
 use crate::util::blocking;
-use crate::version::Record;
 
 /// Most entries in one page of a range pull, whatever the caller asks.
 pub const MAX_PULL_ENTRIES: u32 = 4096;
@@ -24,37 +25,100 @@ pub const MAX_PULL_ENTRIES: u32 = 4096;
 /// (a single larger record still travels alone).
 pub const MAX_PULL_BYTES: u64 = 4 << 20;
 
-/// This node as its peers see it.
+/// This node as its peers see it. Everything a peer sends is checked against the same
+/// limits as client input ([`PeerLimits`]); a request with one bad entry is refused
+/// whole ([`HandlerError::Refused`], naming the entry and the limit), nothing of it
+/// stored.
 pub struct PeerEndpoint<S: StorageEngine + ?Sized> {
     node_id: String,
     store: Arc<ReplicaStore<S>>,
+    limits: PeerLimits,
 }
 
 impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
-    /// The endpoint of node `node_id` over its `store`.
-    pub fn new(node_id: impl Into<String>, store: Arc<ReplicaStore<S>>) -> Self {
+    /// The endpoint of node `node_id` over its `store`, checking requests against
+    /// `limits`.
+    pub fn new(
+        node_id: impl Into<String>,
+        store: Arc<ReplicaStore<S>>,
+        limits: PeerLimits,
+    ) -> Self {
         PeerEndpoint {
             node_id: node_id.into(),
             store,
+            limits,
         }
     }
 
+    /// Decodes and checks the entries of a merge or replicate call.
+    fn accept<'a>(
+        &self,
+        from: &str,
+        entries: impl Iterator<Item = (&'a [u8], &'a [u8], Origin)>,
+    ) -> Result<Vec<Incoming>, HandlerError> {
+        let now = now_micros();
+        entries
+            .enumerate()
+            .map(|(i, (key, bytes, origin))| {
+                checks::accept_record(key, bytes, origin, &self.limits, now)
+                    .map(|record| Incoming {
+                        key: key.to_vec(),
+                        record,
+                        origin,
+                    })
+                    .map_err(|e| {
+                        HandlerError::Refused(format!(
+                            "entry {i} of a write from {from} refused, nothing of the call stored: {e}"
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// A call from a node of an earlier version: every record is taken as a repair.
     async fn replicate(
         &self,
         from: &str,
         request: ReplicateRequest,
     ) -> Result<ReplicateResponse, HandlerError> {
-        let mut entries = Vec::with_capacity(request.records.len());
-        for kr in request.records {
-            let record = Record::decode(&kr.record)
-                .map_err(|e| HandlerError::Refused(format!("record from {from} refused: {e}")))?;
-            entries.push((kr.key.to_vec(), record));
-        }
+        let entries = self.accept(
+            from,
+            request
+                .records
+                .iter()
+                .map(|kr| (&kr.key[..], &kr.record[..], Origin::Repair)),
+        )?;
         self.store.merge(entries).await.map_err(storage_error)?;
         Ok(ReplicateResponse {})
     }
 
-    fn read(&self, request: PeerReadRequest) -> Result<PeerReadResponse, HandlerError> {
+    async fn merge(
+        &self,
+        from: &str,
+        request: MergeRequest,
+    ) -> Result<MergeResponse, HandlerError> {
+        let entries = self.accept(
+            from,
+            request
+                .entries
+                .iter()
+                .map(|e| (&e.key[..], &e.record[..], origin_from_wire(e.origin))),
+        )?;
+        let outcomes = self.store.merge(entries).await.map_err(storage_error)?;
+        if outcomes.iter().all(Result::is_ok) {
+            return Ok(MergeResponse::default());
+        }
+        Ok(MergeResponse {
+            outcomes: outcomes.iter().map(outcome_to_wire).collect(),
+        })
+    }
+
+    fn read(&self, from: &str, request: PeerReadRequest) -> Result<PeerReadResponse, HandlerError> {
+        for (i, key) in request.keys.iter().enumerate() {
+            checks::check_key(key, &self.limits).map_err(|e| {
+                HandlerError::Refused(format!("key {i} of a read from {from} refused: {e}"))
+            })?;
+        }
         // Inline, like local reads (see `ReplicaStore::get_encoded`).
         let records = request
             .keys
@@ -76,8 +140,11 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
 
     async fn range_pull(
         &self,
+        from: &str,
         request: RangePullRequest,
     ) -> Result<RangePullResponse, HandlerError> {
+        checks::check_cursor(&request.after, &self.limits)
+            .map_err(|e| HandlerError::Refused(format!("range pull from {from} refused: {e}")))?;
         let range = TokenRange {
             start: request.start_token,
             end: request.end_token,
@@ -126,11 +193,172 @@ impl<S: StorageEngine + ?Sized> PeerHandler for PeerEndpoint<S> {
         use peer_response::Body as Resp;
         match request {
             Req::Replicate(r) => self.replicate(from, r).await.map(Resp::Replicate),
-            Req::Read(r) => self.read(r).map(Resp::Read),
+            Req::Merge(r) => self.merge(from, r).await.map(Resp::Merge),
+            Req::Read(r) => self.read(from, r).map(Resp::Read),
             Req::Ping(_) => Ok(Resp::Ping(PingResponse {
                 node_id: self.node_id.clone(),
             })),
-            Req::RangePull(r) => self.range_pull(r).await.map(Resp::RangePull),
+            Req::RangePull(r) => self.range_pull(from, r).await.map(Resp::RangePull),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::NodeSettings;
+    use crate::placement::{HashRing, Partitioner};
+    use crate::replica::{wire_origin, PeerLimits};
+    use crate::version::{ConflictPolicy, Dot, Record, VersionVector};
+    use distkv_backends::MemoryEngine;
+    use distkv_proto::v1::MergeEntry;
+    use peer_request::Body as Req;
+    use peer_response::Body as Resp;
+
+    fn endpoint() -> PeerEndpoint<MemoryEngine> {
+        let settings = NodeSettings {
+            max_key_bytes: 8,
+            max_value_bytes: 16,
+            max_siblings: 2,
+            ..NodeSettings::default()
+        };
+        let store = Arc::new(ReplicaStore::new(
+            Arc::new(MemoryEngine::ephemeral()),
+            ConflictPolicy::Siblings,
+            settings.max_siblings,
+            HashRing::token,
+            "b",
+            16,
+        ));
+        PeerEndpoint::new("b", store, PeerLimits::from_settings(&settings))
+    }
+
+    fn write(actor: &str, value: &[u8]) -> Record {
+        let counter = now_micros() - 1_000;
+        Record::write(
+            Dot {
+                actor: actor.into(),
+                counter,
+            },
+            VersionVector::new(),
+            counter / 1000,
+            Some(value.to_vec()),
+        )
+    }
+
+    fn merge(entries: Vec<(&[u8], Record, Origin)>) -> Req {
+        Req::Merge(MergeRequest {
+            entries: entries
+                .into_iter()
+                .map(|(k, r, o)| MergeEntry {
+                    key: k.to_vec().into(),
+                    record: r.encode().into(),
+                    origin: wire_origin(o) as i32,
+                })
+                .collect(),
+        })
+    }
+
+    fn refused(result: Result<Resp, HandlerError>) -> String {
+        match result {
+            Err(HandlerError::Refused(m)) => m,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_merge_with_one_bad_entry_is_refused_whole() {
+        let peer = endpoint();
+        let good = (&b"good"[..], write("a", b"v"), Origin::Client);
+        for (bad, what) in [
+            ((&b""[..], write("a", b"v"), Origin::Client), "key is empty"),
+            (
+                (&b"123456789"[..], write("a", b"v"), Origin::Repair),
+                "limits.max_key_bytes = 8",
+            ),
+            (
+                (&b"k"[..], write("a", &[0; 17]), Origin::Repair),
+                "limits.max_value_bytes = 16",
+            ),
+        ] {
+            let m = refused(peer.handle("a", merge(vec![good.clone(), bad])).await);
+            assert!(m.contains("entry 1") && m.contains(what), "{m}");
+            assert!(m.contains("nothing of the call stored"), "{m}");
+        }
+        assert_eq!(peer.store.get(b"good").unwrap(), None, "nothing stored");
+    }
+
+    #[tokio::test]
+    async fn client_writes_past_the_limit_are_refused_per_entry_and_repairs_stored() {
+        let peer = endpoint();
+        let mut outcomes = Vec::new();
+        for (i, origin) in [
+            Origin::Client,
+            Origin::Client,
+            Origin::Client,
+            Origin::Repair,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = write(&format!("n{i}"), b"v");
+            match peer.handle("a", merge(vec![(b"k", r, origin)])).await {
+                Ok(Resp::Merge(m)) => outcomes.push(m.outcomes),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(outcomes[0].is_empty() && outcomes[1].is_empty(), "stored");
+        assert_eq!(outcomes[2].len(), 1);
+        assert!(!outcomes[2][0].stored);
+        assert_eq!(
+            (outcomes[2][0].siblings, outcomes[2][0].max_siblings),
+            (2, 2)
+        );
+        assert!(outcomes[3].is_empty(), "a repair is stored past the limit");
+        assert_eq!(peer.store.get(b"k").unwrap().unwrap().siblings.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_legacy_replicate_call_is_checked_as_repairs() {
+        let peer = endpoint();
+        let bad = ReplicateRequest {
+            records: vec![KeyRecord {
+                key: Vec::new().into(),
+                record: write("a", b"v").encode().into(),
+            }],
+        };
+        let m = refused(peer.handle("a", Req::Replicate(bad)).await);
+        assert!(m.contains("key is empty"), "{m}");
+        let mut many = Record::default();
+        for i in 0..(2 * checks::REPAIR_HEADROOM + 1) {
+            many.merge(&write(&format!("n{i}"), b"v"));
+        }
+        let huge = ReplicateRequest {
+            records: vec![KeyRecord {
+                key: b"k".to_vec().into(),
+                record: many.encode().into(),
+            }],
+        };
+        let m = refused(peer.handle("a", Req::Replicate(huge)).await);
+        assert!(
+            m.contains("33 siblings") && m.contains("for a repair"),
+            "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_and_range_pulls_with_bad_keys_are_refused() {
+        let peer = endpoint();
+        let read = PeerReadRequest {
+            keys: vec![b"ok".to_vec().into(), Vec::new().into()],
+        };
+        let m = refused(peer.handle("a", Req::Read(read)).await);
+        assert!(m.contains("key 1") && m.contains("key is empty"), "{m}");
+        let pull = RangePullRequest {
+            after: vec![0; 8 + 9].into(),
+            ..Default::default()
+        };
+        let m = refused(peer.handle("a", Req::RangePull(pull)).await);
+        assert!(m.contains("cursor is 17 bytes"), "{m}");
     }
 }

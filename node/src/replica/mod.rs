@@ -6,6 +6,7 @@
 //!   reads and writes go through bounded per-replica queues that coalesce calls.
 //! * [`PeerEndpoint`]: what this node answers when a peer calls it.
 
+pub mod checks;
 mod handler;
 pub mod keys;
 mod queues;
@@ -19,9 +20,11 @@ use dashmap::DashMap;
 use distkv_engine::StorageEngine;
 use distkv_network::{range_checksum, NodeInfo, PeerError, Transport, TransportExt};
 use distkv_proto::v1::{
-    KeyRecord, PeerReadRequest, PingRequest, RangePullRequest, ReplicateRequest,
+    MergeEntry, MergeOutcome, MergeRequest, PeerReadRequest, PingRequest, RangePullRequest,
+    WriteOrigin,
 };
 
+pub use checks::PeerLimits;
 pub use handler::PeerEndpoint;
 pub use queues::Entries;
 use queues::{ReadBatcher, SendBatch, SendReads, WriteBatcher};
@@ -29,6 +32,46 @@ pub use store::{RangePage, ReplicaStore};
 
 use crate::placement::TokenRange;
 use crate::version::Record;
+
+/// Where a record sent to a replica comes from; it decides whether the replica may
+/// refuse it (see [`Refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A new write a client just made through a coordinator, acknowledged nowhere yet:
+    /// a replica refuses it when it would grow the key past `limits.max_siblings`.
+    Client,
+    /// A record already acknowledged elsewhere (read repair, hint delivery, range pull):
+    /// a replica always stores it, or an acknowledged write would be hidden.
+    Repair,
+}
+
+/// Why a replica refused one record (the others of its call are not affected).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A client write would have grown the key past the sibling limit.
+    #[error("the key holds {held} siblings on this replica and the write would add another, past limits.max_siblings = {limit}")]
+    TooManySiblings {
+        /// Siblings the replica holds for the key.
+        held: usize,
+        /// The replica's `limits.max_siblings`.
+        limit: usize,
+    },
+}
+
+/// One record sent to a replica: the key, the record, and where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    /// The user key (the stored key inside the store's writer).
+    pub key: Vec<u8>,
+    /// The record to merge.
+    pub record: Record,
+    /// Client write or repair.
+    pub origin: Origin,
+}
+
+/// What a replica did with one record: stored it, or refused it.
+pub type Outcome = Result<(), Refusal>;
 
 /// Why one replica did not answer a read or acknowledge a write.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +89,9 @@ pub enum ReplicaError {
     /// This node's own storage failed the call.
     #[error("local storage: {0}")]
     Local(String),
+    /// The replica refused a record of the write (it stored nothing of that record).
+    #[error("refused: {0}")]
+    Refused(Refusal),
     /// The replica answered something that cannot be right.
     #[error("bad answer: {0}")]
     BadAnswer(String),
@@ -104,14 +150,16 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
         replica.id == self.local.id
     }
 
-    /// Writes `entries` to `replica` through its queue (coalesced with other writes
-    /// waiting for it); returns once the replica made them durable.
+    /// Writes `entries` of `origin` to `replica` through its queue (coalesced with other
+    /// writes waiting for it); returns once the replica made them durable, or
+    /// [`ReplicaError::Refused`] when it refused one of them (only client writes can be).
     pub async fn write(
         &self,
         replica: &NodeInfo,
         entries: Arc<Entries>,
+        origin: Origin,
     ) -> Result<(), ReplicaError> {
-        self.write_queue(replica).write(entries).await
+        self.write_queue(replica).write(entries, origin).await
     }
 
     /// Reads the record of `key` from `replica`: this node's own inline, a remote one
@@ -130,9 +178,26 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
         self.read_queue(replica).read(key).await
     }
 
-    /// Sends `entries` to `replica` now, in one call, bypassing its queue (for hint
-    /// delivery and the queues themselves).
+    /// Sends records already acknowledged elsewhere (hints) to `replica` now, in one
+    /// call, bypassing its queue. As repairs they are never refused.
     pub async fn send(&self, replica: &NodeInfo, entries: Entries) -> Result<(), ReplicaError> {
+        let entries = entries
+            .into_iter()
+            .map(|(key, record)| Incoming {
+                key,
+                record,
+                origin: Origin::Repair,
+            })
+            .collect();
+        self.send_batch(replica, entries).await.map(|_| ())
+    }
+
+    /// Sends `entries` to `replica` now, in one call; answers the outcome of each.
+    async fn send_batch(
+        &self,
+        replica: &NodeInfo,
+        entries: Vec<Incoming>,
+    ) -> Result<Vec<Outcome>, ReplicaError> {
         if self.is_local(replica) {
             return self
                 .store
@@ -140,20 +205,33 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
                 .await
                 .map_err(|e| ReplicaError::Local(e.to_string()));
         }
-        let request = ReplicateRequest {
-            records: entries
+        let n = entries.len();
+        let request = MergeRequest {
+            entries: entries
                 .iter()
-                .map(|(k, r)| KeyRecord {
-                    key: k.clone().into(),
-                    record: r.encode().into(),
+                .map(|e| MergeEntry {
+                    key: e.key.clone().into(),
+                    record: e.record.encode().into(),
+                    origin: wire_origin(e.origin) as i32,
                 })
                 .collect(),
         };
-        self.transport
+        let response = self
+            .transport
             .call(replica, request, self.timeout)
             .await
-            .map(|_| ())
-            .map_err(ReplicaError::Peer)
+            .map_err(ReplicaError::Peer)?;
+        if response.outcomes.is_empty() {
+            return Ok(vec![Ok(()); n]);
+        }
+        if response.outcomes.len() != n {
+            return Err(ReplicaError::BadAnswer(format!(
+                "{} answered {} outcomes for {n} records",
+                replica.id,
+                response.outcomes.len()
+            )));
+        }
+        Ok(response.outcomes.iter().map(outcome_from_wire).collect())
     }
 
     /// Whether `replica` answers a ping.
@@ -280,9 +358,9 @@ impl<S: StorageEngine + ?Sized, T: Transport> Replicas<S, T> {
         queue_for(&self.writes, replica, || {
             let weak = self.this.clone();
             let target = replica.clone();
-            let send: SendBatch = Arc::new(move |entries: Entries| {
+            let send: SendBatch = Arc::new(move |entries: Vec<Incoming>| {
                 let (weak, target) = (weak.clone(), target.clone());
-                Box::pin(async move { alive(&weak)?.send(&target, entries).await })
+                Box::pin(async move { alive(&weak)?.send_batch(&target, entries).await })
             });
             WriteBatcher::spawn(
                 self.queue_depth,
@@ -321,6 +399,51 @@ fn queue_for<Q: Clone>(
         .entry(replica.id.clone())
         .or_insert_with(spawn)
         .clone()
+}
+
+/// `origin` as it travels in a [`MergeEntry`].
+pub fn wire_origin(origin: Origin) -> WriteOrigin {
+    match origin {
+        Origin::Client => WriteOrigin::Client,
+        Origin::Repair => WriteOrigin::Repair,
+    }
+}
+
+/// The origin of a [`MergeEntry`]: anything but a client write (unset, unknown, repair)
+/// is a repair, so that no acknowledged write is ever refused.
+pub fn origin_from_wire(raw: i32) -> Origin {
+    match WriteOrigin::try_from(raw) {
+        Ok(WriteOrigin::Client) => Origin::Client,
+        _ => Origin::Repair,
+    }
+}
+
+/// `outcome` as it travels in a [`MergeResponse`](distkv_proto::v1::MergeResponse).
+pub fn outcome_to_wire(outcome: &Outcome) -> MergeOutcome {
+    match outcome {
+        Ok(()) => MergeOutcome {
+            stored: true,
+            siblings: 0,
+            max_siblings: 0,
+        },
+        Err(Refusal::TooManySiblings { held, limit }) => MergeOutcome {
+            stored: false,
+            siblings: u32::try_from(*held).unwrap_or(u32::MAX),
+            max_siblings: u32::try_from(*limit).unwrap_or(u32::MAX),
+        },
+    }
+}
+
+/// The outcome a [`MergeOutcome`] reports.
+pub fn outcome_from_wire(wire: &MergeOutcome) -> Outcome {
+    if wire.stored {
+        Ok(())
+    } else {
+        Err(Refusal::TooManySiblings {
+            held: wire.siblings as usize,
+            limit: wire.max_siblings as usize,
+        })
+    }
 }
 
 /// The owner of a queue's weak handle, unless it is gone (shutting down).

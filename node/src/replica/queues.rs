@@ -13,19 +13,25 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::ReplicaError;
+use super::{Incoming, Origin, Outcome, ReplicaError};
 use crate::version::Record;
 
 /// Entries of one write: keys and their version records.
 pub type Entries = Vec<(Vec<u8>, Record)>;
 
-/// Sends one coalesced batch; the result applies to every write in it.
+/// Sends one coalesced batch; answers the outcome of each entry, in order, or an error
+/// that applies to every write in it.
 pub type SendBatch = Arc<
-    dyn Fn(Entries) -> Pin<Box<dyn Future<Output = Result<(), ReplicaError>> + Send>> + Send + Sync,
+    dyn Fn(
+            Vec<Incoming>,
+        ) -> Pin<Box<dyn Future<Output = Result<Vec<Outcome>, ReplicaError>> + Send>>
+        + Send
+        + Sync,
 >;
 
 struct Pending {
     entries: Arc<Entries>,
+    origin: Origin,
     /// Approximate encoded size of `entries`.
     bytes: usize,
     done: oneshot::Sender<Result<(), ReplicaError>>,
@@ -84,14 +90,15 @@ impl WriteBatcher {
                 }
                 let mut entries = Vec::with_capacity(count);
                 for p in &group {
-                    entries.extend(p.entries.iter().cloned());
+                    entries.extend(p.entries.iter().map(|(key, record)| Incoming {
+                        key: key.clone(),
+                        record: record.clone(),
+                        origin: p.origin,
+                    }));
                 }
                 let fut = send(entries);
                 tokio::spawn(async move {
-                    let result = fut.await;
-                    for p in group {
-                        let _ = p.done.send(result.clone());
-                    }
+                    answer_writes(group, count, fut.await);
                     drop(permit);
                 });
             }
@@ -100,8 +107,9 @@ impl WriteBatcher {
     }
 
     /// Queues a write and waits for the result of the batch that carried it; a full
-    /// queue refuses it at once.
-    pub async fn write(&self, entries: Arc<Entries>) -> Result<(), ReplicaError> {
+    /// queue refuses it at once. A write of which the replica refused a record is
+    /// [`ReplicaError::Refused`] (the other writes of its batch are not affected).
+    pub async fn write(&self, entries: Arc<Entries>, origin: Origin) -> Result<(), ReplicaError> {
         let (done, rx) = oneshot::channel();
         let bytes = entries
             .iter()
@@ -110,11 +118,47 @@ impl WriteBatcher {
         self.tx
             .try_send(Pending {
                 entries,
+                origin,
                 bytes,
                 done,
             })
             .map_err(|e| queue_error(e, self.tx.max_capacity()))?;
         rx.await.map_err(|_| ReplicaError::ShuttingDown)?
+    }
+}
+
+/// Answers each write of a batch of `count` entries from the batch's `result`: a write is
+/// refused when the replica refused any of its entries.
+fn answer_writes(group: Vec<Pending>, count: usize, result: Result<Vec<Outcome>, ReplicaError>) {
+    let outcomes = match result {
+        Ok(o) if o.len() == count => o,
+        Ok(o) => {
+            let e = ReplicaError::BadAnswer(format!(
+                "answered {} outcomes for {count} records",
+                o.len()
+            ));
+            for p in group {
+                let _ = p.done.send(Err(e.clone()));
+            }
+            return;
+        }
+        Err(e) => {
+            for p in group {
+                let _ = p.done.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut outcomes = outcomes.into_iter();
+    for p in group {
+        let refused = outcomes
+            .by_ref()
+            .take(p.entries.len())
+            .fold(None, |first, o| first.or(o.err()));
+        let _ = p.done.send(match refused {
+            None => Ok(()),
+            Some(r) => Err(ReplicaError::Refused(r)),
+        });
     }
 }
 
@@ -233,21 +277,22 @@ mod tests {
         let send: SendBatch = {
             let calls = calls.clone();
             let entries_seen = entries_seen.clone();
-            Arc::new(move |entries: Entries| {
+            Arc::new(move |entries: Vec<Incoming>| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 entries_seen.fetch_add(entries.len(), Ordering::SeqCst);
                 let mut release = release_rx.clone();
+                let n = entries.len();
                 Box::pin(async move {
                     // The first batch is held until released, so the rest pile up.
                     let _ = release.wait_for(|r| *r).await;
-                    Ok(())
+                    Ok(vec![Ok(()); n])
                 })
             })
         };
         let batcher = WriteBatcher::spawn(1024, 1, 1000, usize::MAX, send);
         let first = {
             let b = batcher.clone();
-            tokio::spawn(async move { b.write(entry(0)).await })
+            tokio::spawn(async move { b.write(entry(0), Origin::Client).await })
         };
         while calls.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
@@ -255,7 +300,7 @@ mod tests {
         let rest: Vec<_> = (1..=100)
             .map(|i| {
                 let b = batcher.clone();
-                tokio::spawn(async move { b.write(entry(i)).await })
+                tokio::spawn(async move { b.write(entry(i), Origin::Client).await })
             })
             .collect();
         // Let every writer enqueue before releasing the first batch.
@@ -309,16 +354,17 @@ mod tests {
         let (release_tx, release_rx) = tokio::sync::watch::channel(false);
         let send: SendBatch = {
             let sizes = sizes.clone();
-            Arc::new(move |entries: Entries| {
+            Arc::new(move |entries: Vec<Incoming>| {
                 let bytes: usize = entries
                     .iter()
-                    .map(|(k, r)| k.len() + r.approx_bytes())
+                    .map(|e| e.key.len() + e.record.approx_bytes())
                     .sum();
-                sizes.lock().push((entries.len(), bytes));
+                let n = entries.len();
+                sizes.lock().push((n, bytes));
                 let mut release = release_rx.clone();
                 Box::pin(async move {
                     let _ = release.wait_for(|r| *r).await;
-                    Ok(())
+                    Ok(vec![Ok(()); n])
                 })
             })
         };
@@ -339,7 +385,7 @@ mod tests {
             .map(|i| {
                 let b = batcher.clone();
                 let e = big(i);
-                tokio::spawn(async move { b.write(e).await })
+                tokio::spawn(async move { b.write(e, Origin::Client).await })
             })
             .collect();
         while sizes.lock().is_empty() {
@@ -370,18 +416,19 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_the_queued_writes_still_finish() {
         let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-        let send: SendBatch = Arc::new(move |_| {
+        let send: SendBatch = Arc::new(move |entries: Vec<Incoming>| {
             let mut release = release_rx.clone();
+            let n = entries.len();
             Box::pin(async move {
                 let _ = release.wait_for(|r| *r).await;
-                Ok(())
+                Ok(vec![Ok(()); n])
             })
         });
         let batcher = WriteBatcher::spawn(2, 1, 1, usize::MAX, send);
         let writes: Vec<_> = (0..10)
             .map(|i| {
                 let b = batcher.clone();
-                tokio::spawn(async move { b.write(entry(i)).await })
+                tokio::spawn(async move { b.write(entry(i), Origin::Client).await })
             })
             .collect();
         // Refusals answer without waiting for the blocked batch.
@@ -417,8 +464,86 @@ mod tests {
             Arc::new(|_| Box::pin(async { Err(ReplicaError::BadAnswer("peer down".into())) }));
         let batcher = WriteBatcher::spawn(8, 2, 10, usize::MAX, send);
         assert_eq!(
-            batcher.write(entry(1)).await,
+            batcher.write(entry(1), Origin::Client).await,
             Err(ReplicaError::BadAnswer("peer down".into()))
         );
+    }
+}
+
+#[cfg(test)]
+mod refusals {
+    use super::*;
+    use crate::replica::Refusal;
+    use crate::version::{Dot, VersionVector};
+
+    fn write_of(key: u8, value: &[u8]) -> Arc<Entries> {
+        let r = Record::write(
+            Dot {
+                actor: "a".into(),
+                counter: u64::from(key) + 1,
+            },
+            VersionVector::new(),
+            0,
+            Some(value.to_vec()),
+        );
+        Arc::new(vec![(vec![key], r)])
+    }
+
+    /// A replica that refuses the client writes of value "no" and stores the rest.
+    fn picky() -> SendBatch {
+        Arc::new(|entries: Vec<Incoming>| {
+            let outcomes = entries
+                .iter()
+                .map(|e| {
+                    let no = e.record.values().any(|v| v == b"no");
+                    if no && e.origin == Origin::Client {
+                        Err(Refusal::TooManySiblings { held: 3, limit: 3 })
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect();
+            Box::pin(async move { Ok(outcomes) })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_refused_entry_fails_only_its_own_write() {
+        let batcher = WriteBatcher::spawn(64, 1, 100, usize::MAX, picky());
+        let writes: Vec<_> = [
+            (1, "yes", Origin::Client),
+            (2, "no", Origin::Client),
+            (3, "no", Origin::Repair),
+        ]
+        .into_iter()
+        .map(|(k, v, origin)| {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.write(write_of(k, v.as_bytes()), origin).await })
+        })
+        .collect();
+        let mut results = Vec::new();
+        for w in writes {
+            results.push(w.await.unwrap());
+        }
+        assert_eq!(results[0], Ok(()));
+        assert_eq!(
+            results[1],
+            Err(ReplicaError::Refused(Refusal::TooManySiblings {
+                held: 3,
+                limit: 3
+            }))
+        );
+        assert_eq!(results[2], Ok(()), "the origin travels with each entry");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_number_of_outcomes_is_a_bad_answer() {
+        let send: SendBatch = Arc::new(|_| Box::pin(async { Ok(vec![]) }));
+        let batcher = WriteBatcher::spawn(8, 1, 10, usize::MAX, send);
+        let err = batcher
+            .write(write_of(1, b"x"), Origin::Client)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReplicaError::BadAnswer(_)), "{err:?}");
     }
 }

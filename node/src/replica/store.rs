@@ -6,7 +6,8 @@ use std::sync::Arc;
 use distkv_engine::{EngineStats, StorageEngine};
 
 use super::keys;
-use super::writer::{decode_stored, StorageWriter};
+use super::writer::{decode_stored, MergePolicy, StorageWriter};
+use super::{Incoming, Outcome};
 use crate::error::NodeError;
 use crate::placement::TokenRange;
 use crate::version::{ConflictPolicy, Record};
@@ -30,15 +31,21 @@ pub struct ReplicaStore<S: StorageEngine + ?Sized> {
 impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
     /// The store over `engine`. `token_of` is the partitioner's key-to-token function
     /// (keys are stored behind their token); merges go through one writer thread whose
-    /// queue holds at most `queue_depth` merges.
+    /// queue holds at most `queue_depth` merges. A client write that would grow a key
+    /// past `max_siblings` siblings is refused (repairs never are).
     pub fn new(
         engine: Arc<S>,
         conflict: ConflictPolicy,
+        max_siblings: usize,
         token_of: fn(&[u8]) -> u64,
         node_id: &str,
         queue_depth: usize,
     ) -> Self {
-        let writer = StorageWriter::spawn(engine.clone(), conflict, node_id, queue_depth);
+        let policy = MergePolicy {
+            conflict,
+            max_siblings: max_siblings.max(1),
+        };
+        let writer = StorageWriter::spawn(engine.clone(), policy, node_id, queue_depth);
         ReplicaStore {
             engine,
             writer,
@@ -67,13 +74,30 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
     }
 
     /// Merges records into local storage (read, merge, write, on the writer thread) and
-    /// returns once the engine has made them durable.
-    pub async fn merge(&self, entries: Vec<(Vec<u8>, Record)>) -> Result<(), NodeError> {
+    /// returns once the engine has made the stored ones durable, with the outcome of
+    /// each entry, in order (see [`Origin`](super::Origin) for which may be refused).
+    pub async fn merge(&self, entries: Vec<Incoming>) -> Result<Vec<Outcome>, NodeError> {
         let stored = entries
             .into_iter()
-            .map(|(key, record)| (self.stored_key(&key), record))
+            .map(|e| Incoming {
+                key: self.stored_key(&e.key),
+                ..e
+            })
             .collect();
         self.writer.merge(stored).await
+    }
+
+    /// Merges repairs (records already acknowledged elsewhere, which are never refused).
+    pub async fn merge_repairs(&self, entries: Vec<(Vec<u8>, Record)>) -> Result<(), NodeError> {
+        let entries = entries
+            .into_iter()
+            .map(|(key, record)| Incoming {
+                key,
+                record,
+                origin: super::Origin::Repair,
+            })
+            .collect();
+        self.merge(entries).await.map(|_| ())
     }
 
     /// Up to `max_entries` records (and about `max_bytes`, at least one entry) whose
@@ -199,6 +223,7 @@ mod tests {
         let store = ReplicaStore::new(
             engine.clone(),
             ConflictPolicy::Siblings,
+            64,
             HashRing::token,
             "t",
             64,
@@ -212,7 +237,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, k)| (k.clone(), record(i as u32)))
                 .collect();
-            store.merge(entries).await.unwrap();
+            store.merge_repairs(entries).await.unwrap();
         }
         let nodes: Vec<_> = (0..4)
             .map(|i| distkv_network::NodeInfo {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use distkv_engine::{StorageEngine, WriteBatch};
 use tokio::sync::oneshot;
 
+use super::{Incoming, Origin, Outcome, Refusal};
 use crate::error::NodeError;
 use crate::version::{ConflictPolicy, Record};
 
@@ -23,8 +24,18 @@ use crate::version::{ConflictPolicy, Record};
 const MAX_ENTRIES_PER_WRITE: usize = 4096;
 
 struct Job {
-    entries: Vec<(Vec<u8>, Record)>,
-    done: oneshot::Sender<Result<(), String>>,
+    /// Entries by stored key.
+    entries: Vec<Incoming>,
+    done: oneshot::Sender<Result<Vec<Outcome>, String>>,
+}
+
+/// What the writer applies to every merge.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MergePolicy {
+    /// Siblings or last-write-wins.
+    pub conflict: ConflictPolicy,
+    /// Most siblings a client write may grow a key to (`limits.max_siblings`).
+    pub max_siblings: usize,
 }
 
 /// Handle to the writer thread; the thread ends when the handle is dropped.
@@ -42,7 +53,7 @@ impl StorageWriter {
     /// Starts the writer thread of `storage` (named after the node, for debuggers).
     pub fn spawn<S: StorageEngine + ?Sized>(
         storage: Arc<S>,
-        conflict: ConflictPolicy,
+        policy: MergePolicy,
         node_id: &str,
         depth: usize,
     ) -> Self {
@@ -50,7 +61,7 @@ impl StorageWriter {
         let (tx, rx) = mpsc::sync_channel::<Job>(depth);
         let spawned = std::thread::Builder::new()
             .name(format!("storage-writer-{node_id}"))
-            .spawn(move || run(&*storage, conflict, rx));
+            .spawn(move || run(&*storage, policy, rx));
         let tx = match spawned {
             Ok(_) => Ok(tx),
             Err(e) => {
@@ -62,9 +73,11 @@ impl StorageWriter {
         StorageWriter { tx, depth }
     }
 
-    /// Merges `entries` into local storage; returns once the engine has made the
-    /// result as durable as its sync policy promises.
-    pub async fn merge(&self, entries: Vec<(Vec<u8>, Record)>) -> Result<(), NodeError> {
+    /// Merges `entries` (by stored key) into local storage; returns once the engine has
+    /// made the result as durable as its sync policy promises, with the outcome of each
+    /// entry (a client write that would grow its key past the sibling limit is refused
+    /// and leaves the key as it was).
+    pub async fn merge(&self, entries: Vec<Incoming>) -> Result<Vec<Outcome>, NodeError> {
         let tx = self
             .tx
             .as_ref()
@@ -89,7 +102,7 @@ impl StorageWriter {
     }
 }
 
-fn run<S: StorageEngine + ?Sized>(storage: &S, conflict: ConflictPolicy, rx: mpsc::Receiver<Job>) {
+fn run<S: StorageEngine + ?Sized>(storage: &S, policy: MergePolicy, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut count = first.entries.len();
         let mut jobs = vec![first];
@@ -102,18 +115,28 @@ fn run<S: StorageEngine + ?Sized>(storage: &S, conflict: ConflictPolicy, rx: mps
                 Err(_) => break,
             }
         }
-        let result = apply(storage, conflict, &jobs);
-        if result.is_ok() || jobs.len() == 1 {
-            for job in jobs {
-                let _ = job.done.send(result.clone());
+        match apply(storage, policy, &jobs) {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for job in jobs {
+                    let mine = outcomes.by_ref().take(job.entries.len()).collect();
+                    let _ = job.done.send(Ok(mine));
+                }
+                continue;
             }
-            continue;
+            Err(e) if jobs.len() == 1 => {
+                for job in jobs {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+                continue;
+            }
+            Err(_) => {}
         }
         // One bad merge (say a stored record that cannot be decoded) must not fail the
         // writes it happened to be grouped with: apply each on its own. Nothing of the
         // group was written (the engine write is atomic), and merging is idempotent.
         for job in jobs {
-            let result = apply(storage, conflict, std::slice::from_ref(&job));
+            let result = apply(storage, policy, std::slice::from_ref(&job));
             let _ = job.done.send(result);
         }
     }
@@ -121,46 +144,74 @@ fn run<S: StorageEngine + ?Sized>(storage: &S, conflict: ConflictPolicy, rx: mps
 
 fn apply<S: StorageEngine + ?Sized>(
     storage: &S,
-    conflict: ConflictPolicy,
+    policy: MergePolicy,
     jobs: &[Job],
-) -> Result<(), String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| {
-        merge_and_write(storage, conflict, jobs)
-    }))
-    .unwrap_or_else(|_| {
-        Err(NodeError::Unavailable(
+) -> Result<Vec<Outcome>, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| merge_and_write(storage, policy, jobs)))
+        .unwrap_or_else(|_| {
+            Err(NodeError::Unavailable(
             "storage engine panicked while applying a write (see the log); the write is not stored"
                 .into(),
         ))
-    })
-    .map_err(|e| e.to_string())
+        })
+        .map_err(|e| e.to_string())
 }
 
-/// Reads each key once, merges every incoming version of it, writes all keys in one
-/// engine write.
+/// Reads each key once, merges every incoming version of it, writes all changed keys
+/// in one engine write; returns the outcome of each entry, in order.
 fn merge_and_write<S: StorageEngine + ?Sized>(
     storage: &S,
-    conflict: ConflictPolicy,
+    policy: MergePolicy,
     jobs: &[Job],
-) -> Result<(), NodeError> {
-    let mut merged: HashMap<&[u8], Record> = HashMap::new();
-    for (key, incoming) in jobs.iter().flat_map(|j| &j.entries) {
-        let mut record = match merged.remove(key.as_slice()) {
+) -> Result<Vec<Outcome>, NodeError> {
+    let mut merged: HashMap<&[u8], (Record, bool)> = HashMap::new();
+    let mut outcomes = Vec::new();
+    for entry in jobs.iter().flat_map(|j| &j.entries) {
+        let key = entry.key.as_slice();
+        let (mut record, mut changed) = match merged.remove(key) {
             Some(r) => r,
             None => match storage.get(key)? {
-                Some(bytes) => decode_stored(key, &bytes)?,
-                None => Record::default(),
+                Some(bytes) => (decode_stored(key, &bytes)?, false),
+                None => (Record::default(), false),
             },
         };
-        record.merge(incoming);
-        record.resolve(conflict);
-        merged.insert(key.as_slice(), record);
+        let outcome = admit(&record, entry, policy);
+        if outcome.is_ok() {
+            record.merge(&entry.record);
+            record.resolve(policy.conflict);
+            changed = true;
+        }
+        outcomes.push(outcome);
+        merged.insert(key, (record, changed));
     }
     let mut batch = WriteBatch::new();
-    for (key, record) in merged {
-        batch.put(key.to_vec(), record.encode());
+    for (key, (record, changed)) in merged {
+        if changed {
+            batch.put(key.to_vec(), record.encode());
+        }
     }
-    storage.write(batch)?;
+    if !batch.is_empty() {
+        storage.write(batch)?;
+    }
+    Ok(outcomes)
+}
+
+/// Whether `entry` may be merged into `held`: a client write is refused when it would
+/// grow the key past the sibling limit (one that keeps or lowers the count, such as a
+/// write with the context of a read, is always admitted); a repair always is, since it
+/// was acknowledged elsewhere. Under last-write-wins a merge leaves one sibling, so
+/// there is nothing to bound.
+fn admit(held: &Record, entry: &Incoming, policy: MergePolicy) -> Outcome {
+    if entry.origin == Origin::Repair || policy.conflict == ConflictPolicy::LastWriteWins {
+        return Ok(());
+    }
+    let after = held.siblings_after_merge(&entry.record);
+    if after > policy.max_siblings && after > held.siblings.len() {
+        return Err(Refusal::TooManySiblings {
+            held: held.siblings.len(),
+            limit: policy.max_siblings,
+        });
+    }
     Ok(())
 }
 
@@ -199,12 +250,40 @@ mod tests {
         v
     }
 
+    fn client(key: &[u8], record: Record) -> Incoming {
+        Incoming {
+            key: key.to_vec(),
+            record,
+            origin: Origin::Client,
+        }
+    }
+
+    fn repair(key: &[u8], record: Record) -> Incoming {
+        Incoming {
+            origin: Origin::Repair,
+            ..client(key, record)
+        }
+    }
+
+    const POLICY: MergePolicy = MergePolicy {
+        conflict: ConflictPolicy::Siblings,
+        max_siblings: 3,
+    };
+
     /// Runs the writer loop over `jobs` queued before it starts, so they are applied
     /// as one group; returns each job's result.
     fn run_group(
         storage: &MemoryEngine,
-        jobs: Vec<Vec<(Vec<u8>, Record)>>,
-    ) -> Vec<Result<(), String>> {
+        jobs: Vec<Vec<Incoming>>,
+    ) -> Vec<Result<Vec<Outcome>, String>> {
+        run_group_with(storage, POLICY, jobs)
+    }
+
+    fn run_group_with(
+        storage: &MemoryEngine,
+        policy: MergePolicy,
+        jobs: Vec<Vec<Incoming>>,
+    ) -> Vec<Result<Vec<Outcome>, String>> {
         let (tx, rx) = mpsc::channel();
         let mut answers = Vec::new();
         for entries in jobs {
@@ -213,7 +292,7 @@ mod tests {
             answers.push(answer);
         }
         drop(tx);
-        run(storage, ConflictPolicy::Siblings, rx);
+        run(storage, policy, rx);
         answers
             .into_iter()
             .map(|mut a| a.try_recv().expect("every job is answered"))
@@ -226,12 +305,12 @@ mod tests {
         let results = run_group(
             &storage,
             vec![
-                vec![(b"k".to_vec(), record("a", 1, b"from-a"))],
+                vec![client(b"k", record("a", 1, b"from-a"))],
                 vec![
-                    (b"k".to_vec(), record("b", 1, b"from-b")),
-                    (b"j".to_vec(), record("b", 2, b"j")),
+                    client(b"k", record("b", 1, b"from-b")),
+                    client(b"j", record("b", 2, b"j")),
                 ],
-                vec![(b"k".to_vec(), record("a", 1, b"from-a"))],
+                vec![client(b"k", record("a", 1, b"from-a"))],
             ],
         );
         assert!(results.iter().all(Result::is_ok), "{results:?}");
@@ -252,9 +331,9 @@ mod tests {
         let results = run_group(
             &storage,
             vec![
-                vec![(b"good1".to_vec(), record("a", 1, b"g1"))],
-                vec![(b"bad".to_vec(), record("a", 2, b"x"))],
-                vec![(b"good2".to_vec(), record("a", 3, b"g2"))],
+                vec![client(b"good1", record("a", 1, b"g1"))],
+                vec![client(b"bad", record("a", 2, b"x"))],
+                vec![client(b"good2", record("a", 3, b"g2"))],
             ],
         );
         assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
@@ -269,5 +348,101 @@ mod tests {
             storage.get(b"bad").unwrap(),
             Some(b"\xffnot a record".to_vec())
         );
+    }
+
+    fn blind(i: u64) -> Record {
+        record(&format!("n{i}"), 10 + i, format!("v{i}").as_bytes())
+    }
+
+    #[test]
+    fn a_blind_client_write_past_the_sibling_limit_is_refused_and_changes_nothing() {
+        let storage = MemoryEngine::ephemeral();
+        for i in 0..3 {
+            let r = run_group(&storage, vec![vec![client(b"k", blind(i))]]);
+            assert_eq!(r, vec![Ok(vec![Ok(())])], "write {i} is within the limit");
+        }
+        let before = storage.get(b"k").unwrap();
+        let r = run_group(
+            &storage,
+            vec![vec![client(b"k", blind(3)), client(b"j", blind(3))]],
+        );
+        assert_eq!(
+            r,
+            vec![Ok(vec![
+                Err(Refusal::TooManySiblings { held: 3, limit: 3 }),
+                Ok(())
+            ])],
+            "only the entry that would grow its key past the limit is refused"
+        );
+        assert_eq!(
+            storage.get(b"k").unwrap(),
+            before,
+            "the refused key is untouched"
+        );
+        assert_eq!(values(&storage, b"j"), vec![b"v3".to_vec()]);
+        // A duplicate delivery of a sibling it holds does not grow the key: admitted.
+        let r = run_group(&storage, vec![vec![client(b"k", blind(1))]]);
+        assert_eq!(r, vec![Ok(vec![Ok(())])]);
+    }
+
+    #[test]
+    fn a_write_with_the_context_resolves_the_siblings_at_the_limit() {
+        let storage = MemoryEngine::ephemeral();
+        run_group(
+            &storage,
+            (0..3).map(|i| vec![client(b"k", blind(i))]).collect(),
+        );
+        let held = Record::decode(&storage.get(b"k").unwrap().unwrap()).unwrap();
+        let resolved = Record::write(
+            Dot {
+                actor: "n0".into(),
+                counter: 100,
+            },
+            held.context(),
+            100,
+            Some(b"one".to_vec()),
+        );
+        let r = run_group(&storage, vec![vec![client(b"k", resolved)]]);
+        assert_eq!(r, vec![Ok(vec![Ok(())])]);
+        assert_eq!(values(&storage, b"k"), vec![b"one".to_vec()]);
+    }
+
+    #[test]
+    fn repairs_are_stored_past_the_sibling_limit() {
+        let storage = MemoryEngine::ephemeral();
+        run_group(
+            &storage,
+            (0..3).map(|i| vec![client(b"k", blind(i))]).collect(),
+        );
+        // A record acknowledged elsewhere (read repair, hint, range pull) with two more
+        // siblings: stored whole, nothing hidden.
+        let mut elsewhere = blind(3);
+        elsewhere.merge(&blind(4));
+        let r = run_group(&storage, vec![vec![repair(b"k", elsewhere)]]);
+        assert_eq!(r, vec![Ok(vec![Ok(())])]);
+        assert_eq!(values(&storage, b"k").len(), 5);
+        // Past the limit, a blind client write is still refused, naming what is held.
+        let r = run_group(&storage, vec![vec![client(b"k", blind(5))]]);
+        assert_eq!(
+            r,
+            vec![Ok(vec![Err(Refusal::TooManySiblings {
+                held: 5,
+                limit: 3
+            })])]
+        );
+    }
+
+    #[test]
+    fn last_write_wins_never_refuses() {
+        let storage = MemoryEngine::ephemeral();
+        let lww = MergePolicy {
+            conflict: ConflictPolicy::LastWriteWins,
+            max_siblings: 1,
+        };
+        for i in 0..5 {
+            let r = run_group_with(&storage, lww, vec![vec![client(b"k", blind(i))]]);
+            assert_eq!(r, vec![Ok(vec![Ok(())])]);
+        }
+        assert_eq!(values(&storage, b"k"), vec![b"v4".to_vec()]);
     }
 }

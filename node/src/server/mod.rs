@@ -49,6 +49,7 @@ pub fn settings(config: &Config) -> NodeSettings {
         max_value_bytes: config.limits.max_value_bytes,
         max_batch_entries: config.limits.max_batch_entries,
         max_context_bytes: config.limits.max_context_bytes,
+        max_siblings: config.limits.max_siblings,
         max_clock_skew: config.limits.max_clock_skew,
         max_connections: config.limits.max_connections,
         idle_timeout: config.limits.idle_timeout,
