@@ -36,6 +36,10 @@ struct Args {
     /// HOST:PORT peers should dial (default: the listen address).
     #[arg(long, value_name = "HOST:PORT")]
     advertise_address: Option<String>,
+    /// HOST:PORT of the admin HTTP port (/metrics, /health/live, /health/ready)
+    /// [default: the client port + 2000]; "" turns it off.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_address: Option<String>,
     /// Data directory [default: ./data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         address: args.address,
         advertise_address: args.advertise_address,
         data_dir: args.data_dir,
+        admin_address: args.admin_address,
         seed_nodes: args.seed_nodes,
         replication: ReplicationFlags {
             replicas: args.replicas,

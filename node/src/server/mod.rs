@@ -4,6 +4,7 @@
 //! transport was chosen: [`run`] names the implementations the configuration asks for
 //! and hands them to the generic [`assemble`](crate::assembly::assemble).
 
+mod admin;
 mod listener;
 mod storage;
 
@@ -102,13 +103,13 @@ pub async fn run(
             .map_err(|e| StartupError(e.to_string()))?
         }
     };
-    let transport = match config.transport.kind {
+    let transport = crate::observe::MeteredTransport::new(match config.transport.kind {
         TransportKind::Grpc => GrpcTransport::new(
             membership.local().id.clone(),
             Duration::from_secs(2).min(config.replication.request_timeout),
         )
         .with_max_message_bytes(peer_message_limit(&config)),
-    };
+    });
     launch::<_, HashRing, _>(config, settings, membership, transport, shutdown).await
 }
 
@@ -141,6 +142,8 @@ where
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         StartupError(format!("cannot listen on {listen} (setting address): {e}; choose a free port or stop the other process"))
     })?;
+    // Before storage opens: /health/live answers and /health/ready says "starting".
+    let admin = admin::AdminPort::start(&config).await?;
     // Held for the life of the process: a second node on the same data directory would
     // interleave its writes with ours.
     let _data_dir_lock = storage::lock_data_dir(&config.data_dir)?;
@@ -157,6 +160,8 @@ where
     );
     let supervisor = Supervisor::new();
     parts.start_background(&supervisor);
+    admin.attach(Arc::new(crate::observe::NodeView(parts.node.clone())));
+    let shutdown = admin.watch_shutdown(shutdown);
     tracing::info!(
         node_id = %local.id,
         address = %listen,
