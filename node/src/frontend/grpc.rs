@@ -8,8 +8,8 @@ use distkv_network::{Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, Stat, StatusRequest,
-    StatusResponse,
+    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RequestTotals, Stat,
+    StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -154,7 +154,17 @@ where
         let node = &self.node;
         let settings = node.settings();
         let stats = node.storage_stats();
+        let totals = observe::counters().totals();
         Ok(Response::new(StatusResponse {
+            requests: Some(RequestTotals {
+                reads: totals.reads,
+                read_errors: totals.read_errors,
+                writes: totals.writes,
+                write_errors: totals.write_errors,
+                shed: totals.shed,
+            }),
+            resident_memory_bytes: observe::resident_memory_bytes().unwrap_or(0),
+            open_fds: observe::open_fds().unwrap_or(0),
             node_id: node.local().id.clone(),
             address: node.local().address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
