@@ -42,6 +42,7 @@ struct AdminState {
 
 /// The admin port of a node: absent when `admin_address` is empty.
 pub struct AdminPort {
+    addr: Option<std::net::SocketAddr>,
     state: Option<Arc<AdminState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -54,6 +55,7 @@ impl AdminPort {
             Ok(Some(addr)) => addr,
             Ok(None) => {
                 return Ok(AdminPort {
+                    addr: None,
                     state: None,
                     tasks: Vec::new(),
                 })
@@ -92,8 +94,8 @@ impl AdminPort {
                 exporter.run_upkeep();
             }
         });
-        tracing::info!(address = %addr, "admin HTTP port listening (/metrics, /health/live, /health/ready)");
         Ok(AdminPort {
+            addr: Some(addr),
             state: Some(state),
             tasks: vec![serve, upkeep],
         })
@@ -104,6 +106,11 @@ impl AdminPort {
         if let Some(s) = &self.state {
             let _ = s.node.set(node);
             s.phase.store(SERVING, Ordering::Release);
+        }
+        // Logged here rather than at bind time, so that a node refused at start-up (data
+        // directory in use, wrong format) says only why.
+        if let Some(addr) = self.addr {
+            tracing::info!(address = %addr, "admin HTTP port listening (/metrics, /health/live, /health/ready)");
         }
     }
 
