@@ -42,6 +42,10 @@ pub struct Config {
     pub peer_advertise_address: Option<String>,
     /// Directory of the node's data (created if missing).
     pub data_dir: PathBuf,
+    /// `HOST:PORT` of the admin HTTP port (`/metrics`, `/health/live`, `/health/ready`).
+    /// Default: the host of `address` and its port + 2000 (8080 -> 10080); an empty
+    /// string turns the port off.
+    pub admin_address: Option<String>,
     /// Other members: `HOST:PORT` or `ID=HOST:PORT`; a comma-separated string is accepted.
     #[serde(deserialize_with = "list_or_comma_string")]
     pub seed_nodes: Vec<String>,
@@ -73,6 +77,7 @@ impl Default for Config {
             peer_address: None,
             peer_advertise_address: None,
             data_dir: PathBuf::from("./data"),
+            admin_address: None,
             seed_nodes: Vec::new(),
             shutdown_timeout: Duration::from_secs(10),
             replication: ReplicationConfig::default(),
@@ -356,6 +361,9 @@ pub struct Flags {
     /// `--data-dir`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `--admin-address`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_address: Option<String>,
     /// `--seed-nodes`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed_nodes: Option<Vec<String>>,
@@ -640,6 +648,7 @@ impl Config {
                 .ok()
                 .or_else(|| self.peer_address.clone()),
             peer_advertise_address: Some(me.address),
+            admin_address: Some(self.admin_address().ok().flatten().unwrap_or_default()),
             ..self.clone()
         };
         toml::to_string(&effective)
@@ -709,6 +718,36 @@ impl Config {
             .filter(|s| !s.trim().is_empty())
             .map(|s| parse_seed(s).map_err(|e| ConfigError(e.to_string())))
             .collect()
+    }
+
+    /// The admin port's `HOST:PORT`: `admin_address` when set, otherwise the host of
+    /// `address` with its port + 2000; `None` when turned off (an empty string).
+    pub fn admin_address(&self) -> Result<Option<String>, String> {
+        match self.admin_address.as_deref().map(str::trim) {
+            Some("") => Ok(None),
+            Some(addr) => Ok(Some(addr.to_string())),
+            None => {
+                let (host, port) = self
+                    .address
+                    .rsplit_once(':')
+                    .ok_or_else(|| format!("address {} has no port to derive the admin port from: set admin_address (--admin-address HOST:PORT, or \"\" to turn it off)", self.address))?;
+                let port: u16 = port.parse().map_err(|_| {
+                    format!("address {} has no numeric port to derive the admin port from: set admin_address (--admin-address HOST:PORT)", self.address)
+                })?;
+                let admin = port.checked_add(ADMIN_PORT_OFFSET).ok_or_else(|| {
+                    format!("the default admin port is the client port + {ADMIN_PORT_OFFSET}, and {port} + {ADMIN_PORT_OFFSET} is over 65535: set admin_address (--admin-address HOST:PORT, or \"\" to turn it off)")
+                })?;
+                Ok(Some(format!("{host}:{admin}")))
+            }
+        }
+    }
+
+    /// The admin listen address, resolved; `None` when the admin port is off.
+    pub fn admin_listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        let Some(addr) = self.admin_address()? else {
+            return Ok(None);
+        };
+        resolve(&addr).map(Some)
     }
 
     /// The listen address, resolved.
@@ -841,6 +880,19 @@ impl Config {
                 }
             }
         }
+        let admin = self.admin_address.as_deref().unwrap_or("(default)");
+        let admin_addr = self
+            .admin_listen_addr()
+            .map_err(|why| bad("admin_address", &admin, why))?;
+        if admin_addr.is_some_and(|a| a == addr) {
+            return Err(bad(
+                "admin_address",
+                &admin,
+                format!(
+                    "is the client address {addr}: choose another port for the admin HTTP port"
+                ),
+            ));
+        }
         if let Some(id) = &self.node_id {
             if id.trim().is_empty()
                 || id.chars().any(char::is_whitespace)
@@ -935,6 +987,10 @@ pub fn port_plus(addr: &str, offset: u16) -> Result<String, String> {
     Ok(format!("{host}:{derived}"))
 }
 
+/// The default admin port is the client port plus this (the peer port is + 1000).
+pub const ADMIN_PORT_OFFSET: u16 = 2000;
+
+/// A `HOST:PORT` address, resolved.
 fn resolve(address: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
         return Ok(addr);
@@ -1379,6 +1435,61 @@ mod tests {
                 Some("127.0.0.1:8080"),
                 "the defaulted advertise address is printed"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_admin_port_defaults_to_the_client_port_plus_2000_and_can_be_turned_off() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let at = |address: &str| Flags {
+                address: Some(address.into()),
+                ..Default::default()
+            };
+            let c = load(None, at("127.0.0.1:7001")).unwrap().config;
+            assert_eq!(
+                c.admin_address().unwrap().as_deref(),
+                Some("127.0.0.1:9001")
+            );
+            let printed: toml::Value = toml::from_str(&c.to_toml()).unwrap();
+            assert_eq!(printed["admin_address"].as_str(), Some("127.0.0.1:9001"));
+            let c = load(None, at("localhost:8080")).unwrap().config;
+            assert_eq!(
+                c.admin_address().unwrap().as_deref(),
+                Some("localhost:10080")
+            );
+
+            jail.set_env("DISTKV_ADMIN_ADDRESS", "");
+            let c = load(None, at("127.0.0.1:7001")).unwrap().config;
+            assert_eq!(c.admin_address().unwrap(), None);
+            let printed: toml::Value = toml::from_str(&c.to_toml()).unwrap();
+            assert_eq!(
+                printed["admin_address"].as_str(),
+                Some(""),
+                "off stays off when printed"
+            );
+            jail.clear_env();
+
+            let err = err_of(load(None, at("127.0.0.1:64000")));
+            assert!(
+                err.contains("admin_address")
+                    && err.contains("over 65535")
+                    && err.contains("--admin-address"),
+                "{err}"
+            );
+            let flags = Flags {
+                admin_address: Some("127.0.0.1:64001".into()),
+                ..at("127.0.0.1:64000")
+            };
+            let c = load(None, flags).unwrap().config;
+            assert_eq!(c.admin_listen_addr().unwrap().unwrap().port(), 64001);
+            let flags = Flags {
+                admin_address: Some("127.0.0.1:7001".into()),
+                ..at("127.0.0.1:7001")
+            };
+            let err = err_of(load(None, flags));
+            assert!(err.contains("command-line flag --admin-address"), "{err}");
             Ok(())
         });
     }

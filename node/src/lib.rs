@@ -11,6 +11,8 @@
 //! * [`assembly`]: wires the subsystems for given implementations.
 //! * [`config`], [`server`]: configuration and the one start-up function that names
 //!   implementations; [`frontend`]: the client gRPC service.
+//! * [`observe`]: the `distkv_*` Prometheus metrics (served on the admin port by
+//!   `server`).
 //!
 //! The binaries `distkv-server` and `distkv-client` live in `src/bin/`.
 
@@ -23,6 +25,7 @@ pub mod error;
 pub mod frontend;
 pub mod handoff;
 pub mod logging;
+pub mod observe;
 pub mod placement;
 pub mod replica;
 pub mod server;

@@ -80,6 +80,10 @@ pub struct Server {
     pub peer_addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// `127.0.0.1:PORT` of its admin HTTP port (`/metrics`, `/health/*`): a free port
+    /// given as `DISTKV_ADMIN_ADDRESS`, so that the default (client port + 2000) never
+    /// collides between tests; a test's own `--admin-address` or env wins over it.
+    pub admin: String,
     /// Its arguments after `--address` and `--data-dir` (reused by [`Server::restart`]).
     args: Vec<String>,
     envs: Vec<(String, String)>,
@@ -146,6 +150,7 @@ impl Server {
             addr: addr.to_string(),
             peer_addr: peer_addr.to_string(),
             data_dir: data_dir.to_path_buf(),
+            admin: format!("127.0.0.1:{}", free_port()),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs
                 .iter()
@@ -173,6 +178,7 @@ impl Server {
             addr: addr.to_string(),
             peer_addr: peer_addr.to_string(),
             data_dir: data_dir.to_path_buf(),
+            admin: format!("127.0.0.1:{}", free_port()),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: Vec::new(),
             log: data_dir.with_extension("log"),
@@ -203,6 +209,7 @@ impl Server {
             .arg(&self.data_dir)
             .args(&self.args)
             .env_remove("RUST_LOG")
+            .env("DISTKV_ADMIN_ADDRESS", &self.admin)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -324,6 +331,55 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// `GET http://addr/path` over a plain HTTP/1.1 connection: the status code and the
+/// body. For the admin port, without an HTTP client dependency.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("connect to the admin port {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP header in the answer to GET {path}: {text:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+/// The payload of an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Sends `kill -SIGNAL pid` through the shell's built-in kill (no kill binary needed).

@@ -87,9 +87,35 @@ fn tour_of_the_cli() -> anyhow::Result<()> {
             stdout(&o)
         );
     }
+    // ... and the operator's summary: requests and errors, memory, cache, compactions,
+    // SSTables per level.
+    for line in [
+        "requests  ",
+        " reads (",
+        " writes (",
+        "memory    resident ",
+        "block cache hit rate",
+        "compactions, ",
+        "sstables  L0 ",
+    ] {
+        assert!(
+            stdout(&o).contains(line),
+            "status shows {line:?}: {}",
+            stdout(&o)
+        );
+    }
     let doc: serde_json::Value =
         serde_json::from_str(stdout(&server.client(&["--json", "status"])).trim())?;
     assert_eq!(doc["members"].as_array().map(Vec::len), Some(1));
+    assert!(doc["requests"]["writes"].as_u64().unwrap() >= 3, "{doc}");
+    assert!(doc["requests"]["read_errors"].as_u64().is_some(), "{doc}");
+    assert!(
+        doc["memory"]["resident_bytes"].as_u64().unwrap() > 1 << 20,
+        "{doc}"
+    );
+    assert!(doc["block_cache_hit_rate"].as_f64().is_some(), "{doc}");
+    assert!(doc["compactions"].as_u64().is_some(), "{doc}");
+    assert_eq!(doc["sstables_per_level"][0]["level"], 0, "{doc}");
     Ok(())
 }
 

@@ -474,6 +474,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
         }
         Command::Status => {
             let s = client.status(StatusRequest {}).await?.into_inner();
+            let summary = StatusSummary::of(&s);
             if args.json {
                 let doc = serde_json::json!({
                     "node_id": s.node_id,
@@ -496,6 +497,16 @@ async fn run(args: Args) -> Result<u8, Failure> {
                     })).collect::<Vec<_>>(),
                     "storage_engine": s.storage_engine,
                     "storage_stats": s.storage_stats.iter().map(|st| (st.name.clone(), serde_json::Value::String(st.value.clone()))).collect::<serde_json::Map<_, _>>(),
+                    "requests": summary.requests_json(),
+                    "memory": {
+                        "resident_bytes": s.resident_memory_bytes,
+                        "memtable_bytes": summary.memtable_bytes,
+                        "block_cache_bytes": summary.block_cache_bytes,
+                        "open_fds": s.open_fds,
+                    },
+                    "block_cache_hit_rate": summary.cache_hit_rate,
+                    "compactions": summary.compactions,
+                    "sstables_per_level": summary.levels.iter().map(|(l, files, bytes)| serde_json::json!({"level": l, "files": files, "bytes": bytes})).collect::<Vec<_>>(),
                 });
                 out(format!("{doc}\n").as_bytes())?;
                 return Ok(0);
@@ -539,6 +550,7 @@ async fn run(args: Args) -> Result<u8, Failure> {
                     m.ownership * 100.0
                 ));
             }
+            text.push_str(&summary.text());
             text.push_str(&format!("storage   {}\n", s.storage_engine));
             for st in &s.storage_stats {
                 text.push_str(&format!("  {:<32} {}\n", st.name, st.value));
@@ -547,4 +559,115 @@ async fn run(args: Args) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+/// The operator's summary of a Status answer: request totals and errors, memory, cache
+/// hit rate, compactions and SSTables per level (from the engine's figures, when the
+/// engine reports them).
+struct StatusSummary {
+    requests: distkv_proto::v1::RequestTotals,
+    resident_bytes: u64,
+    open_fds: u64,
+    memtable_bytes: Option<u64>,
+    block_cache_bytes: Option<u64>,
+    cache_hit_rate: Option<f64>,
+    compactions: Option<u64>,
+    write_stalls: Option<u64>,
+    /// (level, files, bytes), levels in order.
+    levels: Vec<(u32, u64, u64)>,
+}
+
+impl StatusSummary {
+    fn of(s: &distkv_proto::v1::StatusResponse) -> Self {
+        let stat = |name: &str| {
+            s.storage_stats
+                .iter()
+                .find(|st| st.name == name)
+                .map(|st| st.value.as_str())
+        };
+        let int = |name: &str| stat(name).and_then(|v| v.parse::<u64>().ok());
+        let mut levels: Vec<(u32, u64, u64)> = s
+            .storage_stats
+            .iter()
+            .filter_map(|st| {
+                let level = st.name.strip_prefix("level.")?.strip_suffix(".files")?;
+                let level: u32 = level.parse().ok()?;
+                let files = st.value.parse().ok()?;
+                Some((
+                    level,
+                    files,
+                    int(&format!("level.{level}.bytes")).unwrap_or(0),
+                ))
+            })
+            .collect();
+        levels.sort();
+        StatusSummary {
+            requests: s.requests.unwrap_or_default(),
+            resident_bytes: s.resident_memory_bytes,
+            open_fds: s.open_fds,
+            memtable_bytes: int("memtable.bytes"),
+            block_cache_bytes: int("block_cache.bytes"),
+            cache_hit_rate: stat("block_cache.hit_rate").and_then(|v| v.parse().ok()),
+            compactions: int("compactions"),
+            write_stalls: int("write_stalls"),
+            levels,
+        }
+    }
+
+    fn requests_json(&self) -> serde_json::Value {
+        let r = &self.requests;
+        serde_json::json!({
+            "reads": r.reads,
+            "read_errors": r.read_errors,
+            "writes": r.writes,
+            "write_errors": r.write_errors,
+            "shed": r.shed,
+        })
+    }
+
+    fn text(&self) -> String {
+        let r = &self.requests;
+        let mut t = format!(
+            "requests  {} reads ({} errors), {} writes ({} errors), {} shed\n",
+            r.reads, r.read_errors, r.writes, r.write_errors, r.shed
+        );
+        let mut memory = vec![format!("resident {}", mib(self.resident_bytes))];
+        if let Some(b) = self.memtable_bytes {
+            memory.push(format!("memtables {}", mib(b)));
+        }
+        if let Some(b) = self.block_cache_bytes {
+            memory.push(format!("block cache {}", mib(b)));
+        }
+        t.push_str(&format!(
+            "memory    {}; {} open files\n",
+            memory.join(", "),
+            self.open_fds
+        ));
+        if let Some(rate) = self.cache_hit_rate {
+            t.push_str(&format!(
+                "cache     {:.1}% block cache hit rate\n",
+                rate * 100.0
+            ));
+        }
+        if let Some(c) = self.compactions {
+            t.push_str(&format!(
+                "compact   {c} compactions, {} write stalls\n",
+                self.write_stalls.unwrap_or(0)
+            ));
+        }
+        if !self.levels.is_empty() {
+            let levels: Vec<String> = self
+                .levels
+                .iter()
+                .map(|(l, files, bytes)| format!("L{l} {files} ({})", mib(*bytes)))
+                .collect();
+            t.push_str(&format!("sstables  {}\n", levels.join(", ")));
+        }
+        t
+    }
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }

@@ -45,6 +45,10 @@ struct Args {
     /// listen address, or the advertise host with the peer port).
     #[arg(long, value_name = "HOST:PORT")]
     peer_advertise_address: Option<String>,
+    /// HOST:PORT of the admin HTTP port (/metrics, /health/live, /health/ready)
+    /// [default: the client port + 2000]; "" turns it off.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin_address: Option<String>,
     /// Data directory [default: ./data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
             }),
         },
         data_dir: args.data_dir,
+        admin_address: args.admin_address,
         seed_nodes: args.seed_nodes,
         replication: ReplicationFlags {
             replicas: args.replicas,

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::api::{BatchEntry, Consistency, NodeSettings, ReadRepair, ReadResult};
 use crate::error::NodeError;
 use crate::handoff::Handoff;
+use crate::observe::{self, CoordinatorOp};
 use crate::placement::{Partitioner, Placement, WriteSets};
 use crate::replica::{Entries, Origin, Refusal, ReplicaError, Replicas};
 use crate::version::{ContextLimits, Dot, Record, VersionVector};
@@ -287,6 +288,7 @@ where
         let n = self.settings.replicas;
         let replicas = self.placement.current().read_replicas(&key, n);
         let needed = required(consistency, self.settings.read_quorum, n, replicas.len())?;
+        observe::fanout(CoordinatorOp::Read, replicas.len());
         // The replica reads are polled right here rather than spawned: the local read
         // answers on the first poll, and the remote ones wait in their replica's queue.
         // Only what is still outstanding at the quorum moves to a task (for repair).
@@ -307,6 +309,8 @@ where
         )
         .await;
         if !tracker.reached() {
+            let (failed, size) = (tracker.failures(), tracker.smallest_set());
+            observe::counters().quorum_failure(CoordinatorOp::Read, failed, size, needed);
             return Err(not_reached(answers.len(), needed, &failures));
         }
         let mut merged = Record::default();
@@ -366,7 +370,10 @@ where
                     drop(permit);
                 });
             }
-            Err(_) => tracing::debug!("read repair skipped: too many repairs running"),
+            Err(_) => {
+                observe::counters().read_repair_skipped();
+                tracing::debug!("read repair skipped: too many repairs running");
+            }
         }
     }
 
@@ -393,15 +400,16 @@ where
             current: stale,
             pending: None,
         };
-        if let Err(e) = self
+        let repaired = self
             .replicate(
                 sets,
                 vec![(key.to_vec(), merged.clone())],
                 needed,
                 Origin::Repair,
             )
-            .await
-        {
+            .await;
+        observe::counters().read_repair(needed, repaired.is_ok());
+        if let Err(e) = repaired {
             tracing::warn!(key_len = key.len(), error = %e, "read repair incomplete");
         }
     }
@@ -426,6 +434,7 @@ where
     ) -> Result<(), NodeError> {
         let entries = Arc::new(entries);
         let all = sets.all();
+        observe::fanout(CoordinatorOp::Write, all.len());
         let member_of: Vec<u8> = all
             .iter()
             .map(|n| {
@@ -454,6 +463,8 @@ where
             tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
         if !tracker.reached() {
+            let (failed, size) = (tracker.failures(), tracker.smallest_set());
+            observe::counters().quorum_failure(CoordinatorOp::Write, failed, size, needed);
             let refused = failures.iter().filter(|(_, f)| f.refusal.is_some()).count();
             if let Some(refusal) = failures.iter().find_map(|(_, f)| f.refusal.clone()) {
                 let Refusal::TooManySiblings { held, limit } = refusal;
@@ -505,8 +516,10 @@ where
             Some(h) if !self.replicas.is_local(replica) && self.settings.hinted_handoff => h,
             _ => return Err(failed(error.to_string())),
         };
+        let entries_len = entries.len();
         match handoff.keep(replica, entries).await {
             Ok(()) => {
+                observe::counters().hints_stored(entries_len);
                 tracing::debug!(peer = %replica, "write kept as a hint");
                 if self.settings.hints_count_toward_w {
                     Ok(())
@@ -514,9 +527,12 @@ where
                     Err(failed(format!("{error} (kept as a hint)")))
                 }
             }
-            Err(e) => Err(failed(format!(
-                "{error}; the hint could not be stored either: {e}"
-            ))),
+            Err(e) => {
+                observe::counters().hints_dropped(entries_len);
+                Err(failed(format!(
+                    "{error}; the hint could not be stored either: {e}"
+                )))
+            }
         }
     }
 }

@@ -1,20 +1,22 @@
 //! The client-facing gRPC service `distkv.v1.KeyValue`, a thin shell over [`Node`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use distkv_engine::StorageEngine;
 use distkv_network::{Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, Stat, StatusRequest,
-    StatusResponse,
+    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RequestTotals, Stat,
+    StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::api::{BatchEntry, Consistency};
 use crate::coordinator::Node;
 use crate::error::NodeError;
+use crate::observe::{self, Op};
 use crate::placement::Partitioner;
 
 /// The `KeyValue` service of one node.
@@ -82,22 +84,25 @@ where
     T: Transport,
 {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let r = request.into_inner();
+        let (started, r) = (Instant::now(), request.into_inner());
         let c = consistency(r.consistency)?;
-        let ctx = self
+        let result = self
             .node
             .put(r.key.to_vec(), Some(r.value.to_vec()), &r.context, c)
-            .await
-            .map_err(write_status)?;
+            .await;
+        observe::client_request(Op::Put, c, started, result.as_ref().err());
+        let ctx = result.map_err(write_status)?;
         Ok(Response::new(PutResponse {
             context: ctx.to_context().into(),
         }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let r = request.into_inner();
+        let (started, r) = (Instant::now(), request.into_inner());
         let c = consistency(r.consistency)?;
-        let result = self.node.get(r.key.to_vec(), c).await?;
+        let result = self.node.get(r.key.to_vec(), c).await;
+        observe::client_request(Op::Get, c, started, result.as_ref().err());
+        let result = result?;
         Ok(Response::new(GetResponse {
             found: !result.values.is_empty(),
             values: result.values.into_iter().map(Into::into).collect(),
@@ -109,13 +114,11 @@ where
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let r = request.into_inner();
+        let (started, r) = (Instant::now(), request.into_inner());
         let c = consistency(r.consistency)?;
-        let ctx = self
-            .node
-            .put(r.key.to_vec(), None, &r.context, c)
-            .await
-            .map_err(write_status)?;
+        let result = self.node.put(r.key.to_vec(), None, &r.context, c).await;
+        observe::client_request(Op::Delete, c, started, result.as_ref().err());
+        let ctx = result.map_err(write_status)?;
         Ok(Response::new(DeleteResponse {
             context: ctx.to_context().into(),
         }))
@@ -125,7 +128,7 @@ where
         &self,
         request: Request<BatchPutRequest>,
     ) -> Result<Response<BatchPutResponse>, Status> {
-        let r = request.into_inner();
+        let (started, r) = (Instant::now(), request.into_inner());
         let c = consistency(r.consistency)?;
         let entries = r
             .entries
@@ -136,7 +139,9 @@ where
                 context: e.context.to_vec(),
             })
             .collect();
-        let contexts = self.node.batch(entries, c).await.map_err(write_status)?;
+        let result = self.node.batch(entries, c).await;
+        observe::client_request(Op::BatchPut, c, started, result.as_ref().err());
+        let contexts = result.map_err(write_status)?;
         Ok(Response::new(BatchPutResponse {
             contexts: contexts
                 .into_iter()
@@ -152,7 +157,17 @@ where
         let node = &self.node;
         let settings = node.settings();
         let stats = node.storage_stats();
+        let totals = observe::counters().totals();
         Ok(Response::new(StatusResponse {
+            requests: Some(RequestTotals {
+                reads: totals.reads,
+                read_errors: totals.read_errors,
+                writes: totals.writes,
+                write_errors: totals.write_errors,
+                shed: totals.shed,
+            }),
+            resident_memory_bytes: observe::resident_memory_bytes().unwrap_or(0),
+            open_fds: observe::open_fds().unwrap_or(0),
             node_id: node.local().id.clone(),
             address: node.local().address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

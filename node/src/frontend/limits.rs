@@ -66,6 +66,7 @@ impl ClientLimitsLayer {
     }
 
     fn warn_shedding(&self) {
+        crate::observe::counters().request_shed();
         let mut warned = self.warned.lock();
         if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             *warned = Some(Instant::now());

@@ -104,6 +104,7 @@ where
         let t = target.id.clone();
         match blocking(move || store.remove(&t, ids).map_err(NodeError::from)).await {
             Ok(()) => {
+                crate::observe::counters().hints_delivered(n);
                 tracing::info!(peer = %target, hints = n, "hints delivered");
                 n
             }

@@ -4,6 +4,7 @@
 //! transport was chosen: [`run`] names the implementations the configuration asks for
 //! and hands them to the generic [`assemble`](crate::assembly::assemble).
 
+mod admin;
 mod listener;
 mod storage;
 
@@ -105,7 +106,7 @@ pub async fn run(
         }
     };
     let tls = load_tls(&config)?;
-    let transport = match config.transport.kind {
+    let transport = crate::observe::MeteredTransport::new(match config.transport.kind {
         TransportKind::Grpc => {
             let t = GrpcTransport::new(
                 membership.local().id.clone(),
@@ -117,7 +118,7 @@ pub async fn run(
                 None => t,
             }
         }
-    };
+    });
     launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
 }
 
@@ -240,6 +241,8 @@ where
     let peer_listener = tokio::net::TcpListener::bind(peer_listen).await.map_err(|e| {
         StartupError(format!("cannot listen on {peer_listen} for peers (setting peer_address, default: the client port + 1000): {e}; choose a free port with --peer-address or stop the other process"))
     })?;
+    // Before storage opens: /health/live answers and /health/ready says "starting".
+    let admin = admin::AdminPort::start(&config).await?;
     // Held for the life of the process: a second node on the same data directory would
     // interleave its writes with ours.
     let _data_dir_lock = storage::lock_data_dir(&config.data_dir)?;
@@ -259,6 +262,8 @@ where
     if let Some(live) = &tls {
         watch_reloads(&config, live.clone());
     }
+    admin.attach(Arc::new(crate::observe::NodeView(parts.node.clone())));
+    let shutdown = admin.watch_shutdown(shutdown);
     tracing::info!(
         node_id = %local.id,
         address = %listen,
