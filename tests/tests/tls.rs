@@ -210,7 +210,10 @@ async fn a_tls_cluster_serves_clients_replicates_over_mtls_and_refuses_strangers
             "TLS 1.1 was negotiated: {v11}"
         );
         let v12 = tokio::task::block_in_place(|| s_client("-tls1_2"));
-        assert!(v12.contains("New, TLSv1.2"), "TLS 1.2 was not negotiated: {v12}");
+        assert!(
+            v12.contains("New, TLSv1.2"),
+            "TLS 1.2 was not negotiated: {v12}"
+        );
     } else {
         eprintln!("skipping the TLS 1.1 check: openssl is not installed");
     }
