@@ -100,7 +100,8 @@ async fn put_get_delete_batch_round_trip() -> anyhow::Result<()> {
     }
 
     let s = c.status(StatusRequest {}).await?.into_inner();
-    assert_eq!(s.address, server.addr);
+    // A node is known in the cluster by its peer address.
+    assert_eq!(s.address, server.peer_addr);
     assert_eq!(s.members.len(), 1);
     assert_eq!(s.storage_engine, "lsm", "the LSM engine is the default");
     Ok(())

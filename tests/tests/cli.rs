@@ -73,7 +73,7 @@ fn tour_of_the_cli() -> anyhow::Result<()> {
     // status shows the node and the engine.
     let o = server.client(&["status"]);
     assert!(o.status.success());
-    assert!(stdout(&o).contains(&server.addr), "{}", stdout(&o));
+    assert!(stdout(&o).contains(&server.peer_addr), "{}", stdout(&o));
     assert!(stdout(&o).contains("storage   lsm"), "{}", stdout(&o));
     for stat in [
         "level.0.files",

@@ -202,13 +202,15 @@ async fn a_killed_node_is_seen_dead_by_the_others_and_alive_after_a_restart() ->
     let dir = tempfile::tempdir()?;
     let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
-    for a in &addrs {
+    // Members are listed by their peer addresses.
+    let peers: Vec<String> = nodes.iter().map(|n| n.peer_addr.clone()).collect();
+    for a in &peers {
         wait_liveness(&addrs[0], a, "alive", Duration::from_secs(10)).await?;
     }
     tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
-    wait_liveness(&addrs[0], &addrs[2], "dead", Duration::from_secs(15)).await?;
-    wait_liveness(&addrs[1], &addrs[2], "dead", Duration::from_secs(15)).await?;
-    assert_eq!(liveness_seen_by(&addrs[0], &addrs[1]).await?, "alive");
+    wait_liveness(&addrs[0], &peers[2], "dead", Duration::from_secs(15)).await?;
+    wait_liveness(&addrs[1], &peers[2], "dead", Duration::from_secs(15)).await?;
+    assert_eq!(liveness_seen_by(&addrs[0], &peers[1]).await?, "alive");
     // A write that misses its quorum (ALL with a node down) is not confirmed but may
     // still land: exit code 5, unlike a refused request (4: nothing written).
     let missed = tokio::task::block_in_place(|| {
@@ -229,8 +231,8 @@ async fn a_killed_node_is_seen_dead_by_the_others_and_alive_after_a_restart() ->
         tokio::task::block_in_place(|| run_client(&addrs[0], &["put", "--blind", "", "v"], None));
     assert_eq!(refused.status.code(), Some(4), "{}", stderr(&refused));
     tokio::task::block_in_place(|| nodes[2].restart())?;
-    wait_liveness(&addrs[0], &addrs[2], "alive", Duration::from_secs(15)).await?;
-    wait_liveness(&addrs[1], &addrs[2], "alive", Duration::from_secs(15)).await?;
+    wait_liveness(&addrs[0], &peers[2], "alive", Duration::from_secs(15)).await?;
+    wait_liveness(&addrs[1], &peers[2], "alive", Duration::from_secs(15)).await?;
     Ok(())
 }
 

@@ -197,7 +197,12 @@ fn compose_nodes_advertise_their_service_names() {
             .iter()
             .map(|s| s.as_str().unwrap().to_string())
             .collect();
-        let me = format!("{}={name}:7001", printed(&config, "node_id"));
+        // Other nodes dial its peer port, which the seed lists name.
+        assert_eq!(
+            printed(&config, "peer_advertise_address"),
+            format!("{name}:8001")
+        );
+        let me = format!("{}={name}:8001", printed(&config, "node_id"));
         assert!(
             seeds.contains(&me),
             "{name}: the seed list {seeds:?} names it as {me}"

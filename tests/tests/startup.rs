@@ -316,7 +316,7 @@ fn two_processes_compute_identical_rings() -> anyhow::Result<()> {
             "--address",
             "127.0.0.1:7001",
             "--seed-nodes",
-            "a=127.0.0.1:7001,b=127.0.0.1:7002,c=127.0.0.1:7003",
+            "a=127.0.0.1:8001,b=127.0.0.1:8002,c=127.0.0.1:8003",
             "--print-ring",
         ],
         &[],
@@ -329,7 +329,7 @@ fn two_processes_compute_identical_rings() -> anyhow::Result<()> {
             "--address",
             "127.0.0.1:7003",
             "--seed-nodes",
-            "b=127.0.0.1:7002,a=127.0.0.1:7001",
+            "b=127.0.0.1:8002,a=127.0.0.1:8001",
             "--print-ring",
         ],
         &[],
@@ -482,7 +482,9 @@ fn print_config_shows_the_defaulted_node_id_and_advertise_address() -> anyhow::R
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let printed: toml::Value = toml::from_str(&stdout(&o))?;
-    assert_eq!(printed["node_id"].as_str(), Some("127.0.0.1:7010"));
+    // The node id defaults to the peer advertise address: the client port + 1000.
+    assert_eq!(printed["node_id"].as_str(), Some("127.0.0.1:8010"));
+    assert_eq!(printed["peer_address"].as_str(), Some("127.0.0.1:8010"));
     assert_eq!(
         printed["advertise_address"].as_str(),
         Some("127.0.0.1:7010")

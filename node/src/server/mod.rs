@@ -148,7 +148,7 @@ impl LiveTls {
 }
 
 /// Loads the certificates when TLS is on (a bad file stops the node with one line naming
-/// it); warns once that traffic is unprotected when it is off.
+/// it).
 fn load_tls(config: &Config) -> Result<Option<LiveTls>, StartupError> {
     match config.tls.files() {
         Some(files) => {
@@ -156,12 +156,7 @@ fn load_tls(config: &Config) -> Result<Option<LiveTls>, StartupError> {
                 .map_err(|e| StartupError(format!("cannot start with TLS (setting tls.*): {e}")))?;
             Ok(Some(LiveTls::new(tls)))
         }
-        None => {
-            tracing::warn!(
-                "TLS is off: client and peer traffic is unauthenticated and unencrypted; keep the client and peer ports off untrusted networks, or enable TLS (tls.enabled, `distkv-server cert` makes certificates)"
-            );
-            Ok(None)
-        }
+        None => Ok(None),
     }
 }
 
@@ -259,8 +254,12 @@ where
     );
     let supervisor = Supervisor::new();
     parts.start_background(&supervisor);
-    if let Some(live) = &tls {
-        watch_reloads(&config, live.clone());
+    match &tls {
+        Some(live) => watch_reloads(&config, live.clone()),
+        // Said once the node runs, so a node refused at start-up still prints one line.
+        None => tracing::warn!(
+            "TLS is off: client and peer traffic is unauthenticated and unencrypted; keep the client and peer ports off untrusted networks, or enable TLS (tls.enabled, `distkv-server cert` makes certificates)"
+        ),
     }
     admin.attach(Arc::new(crate::observe::NodeView(parts.node.clone())));
     let shutdown = admin.watch_shutdown(shutdown);
