@@ -14,8 +14,6 @@ OPS=${2:-200000}
 OUT=${OUT:-/tmp/distkv-cluster-cpu}
 source scripts/cluster-lib.sh
 start_cluster "$NODES" 730
-# CPU seconds (user + system) of the given processes, summed.
-cpu() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{s += $1 + $2} END {print s / 100}'; }
 measure() {
     local name=$1; shift
     local before after report

@@ -2,7 +2,7 @@
 # distkv-server processes on 127.0.0.1:${BASE_PORT}1.. (N=NODES, R=W=majority), with
 # their data and logs under $OUT; stops them all on exit. Sets BIN, PIDS and TARGETS.
 #   start_cluster NODES BASE_PORT      e.g. start_cluster 3 710 -> ports 7101..7103
-# Extra server flags: $SERVER_ARGS. BIN=DIR runs the binaries in DIR instead of building
+# Extra server flags: $SERVER_ARGS; extra distkv-client flags (TLS): $CLIENT_ARGS. BIN=DIR runs the binaries in DIR instead of building
 # this checkout's (for A/B runs against another build).
 if [ -z "${BIN:-}" ]; then
     cargo build --release -q -p distkv-node --bins -p distkv-benches --bin distkv-bench
@@ -29,7 +29,10 @@ start_cluster() {
     done
     # Bounded wait (10 s) for the last node to answer.
     for _ in $(seq 1 100); do
-        "$BIN/distkv-client" --server "127.0.0.1:$base$nodes" status >/dev/null 2>&1 && return 0
+        "$BIN/distkv-client" ${CLIENT_ARGS:-} --server "127.0.0.1:$base$nodes" status >/dev/null 2>&1 && return 0
         sleep 0.1
     done
 }
+
+# CPU seconds (user + system) of the given processes, summed.
+cpu() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{s += $1 + $2} END {print s / 100}'; }

@@ -12,7 +12,6 @@ ROUNDS=${1:-3}
 OPS=${2:-100000}
 OUT=${OUT:-/tmp/distkv-metrics-ab}
 source scripts/cluster-lib.sh
-cpu() { for p in "$@"; do cut -d' ' -f14,15 "/proc/$p/stat"; done | awk '{s += $1 + $2} END {print s / 100}'; }
 RESULTS=$(mktemp)
 SCRAPER=""
 stop_arm() {
