@@ -181,6 +181,25 @@ async fn a_tls_cluster_serves_clients_replicates_over_mtls_and_refuses_strangers
         Err(tonic::Code::Unimplemented)
     );
 
+    // The load generator speaks TLS too.
+    let ca_file = path(&certs, "ca.crt");
+    let bench = tokio::task::block_in_place(|| {
+        Command::new(binary("distkv-bench"))
+            .args([
+                "--tls-enabled",
+                "--tls-ca-file",
+                &ca_file,
+                "--targets",
+                &nodes[1].addr,
+                "--ops",
+                "50",
+                "--clients",
+                "2",
+            ])
+            .output()
+    })?;
+    assert!(bench.status.success(), "{}", stderr(&bench));
+
     // TLS 1.1 is refused, TLS 1.2 accepted (the control).
     if Command::new("openssl").arg("version").output().is_ok() {
         let s_client = |version: &str| {
@@ -422,6 +441,20 @@ async fn without_tls_the_peer_service_is_only_on_the_peer_port() -> anyhow::Resu
         node.log_text().contains("TLS is off"),
         "no warning that traffic is unprotected"
     );
+    // A TLS client on this plaintext port: one line saying so.
+    let certs = make_certs(&dir.path().join("certs"));
+    let ca = path(&certs, "ca.crt");
+    let o = tokio::task::block_in_place(|| {
+        run_client(
+            &node.addr,
+            &["--tls-enabled", "--tls-ca-file", &ca, "get", "k"],
+            None,
+        )
+    });
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("answered in plaintext"), "{err}");
     let client_port = Channel::from_shared(format!("http://{}", node.addr))?
         .connect()
         .await?;
