@@ -264,7 +264,9 @@ async fn the_largest_accepted_value_is_served_at_every_level_in_a_cluster() -> a
     for level in [Consistency::One, Consistency::Quorum, Consistency::All] {
         let key = format!("max-{}", level as i32);
         for (round, byte) in [b'a', b'b'].into_iter().enumerate() {
-            let context = read(&mut reader, &key, level).await?.context;
+            // Contexts come from every replica: one read at ONE right after a write at ONE
+            // may miss it, and a write with that context would keep it as a sibling.
+            let context = read(&mut reader, &key, Consistency::All).await?.context;
             writer
                 .put(PutRequest {
                     key: key.clone().into_bytes().into(),
@@ -281,7 +283,7 @@ async fn the_largest_accepted_value_is_served_at_every_level_in_a_cluster() -> a
                 got.values.len()
             );
         }
-        let context = read(&mut reader, &key, level).await?.context;
+        let context = read(&mut reader, &key, Consistency::All).await?.context;
         writer
             .delete(DeleteRequest {
                 key: key.clone().into_bytes().into(),
