@@ -234,6 +234,9 @@ pub struct NodeTls {
     pub peer_port: Arc<ServerConfig>,
     /// Calls to peers: present the node certificate; accept only node certificates.
     pub peer_client: Arc<ClientConfig>,
+    /// The admin HTTP port: the client port's certificate and client authentication,
+    /// speaking HTTP/1.1 as well as HTTP/2 (for scrapers and probes).
+    pub admin_port: Arc<ServerConfig>,
 }
 
 impl NodeTls {
@@ -284,6 +287,8 @@ impl NodeTls {
         }
         .with_single_cert(identity.certs.clone(), identity.key())
         .map_err(bad_cert)?;
+        let mut admin_port = client_port.clone();
+        admin_port.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
         client_port.alpn_protocols = vec![ALPN_H2.to_vec()];
 
         let node_clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), p.clone())
@@ -312,6 +317,7 @@ impl NodeTls {
             client_port: Arc::new(client_port),
             peer_port: Arc::new(peer_port),
             peer_client: Arc::new(peer_client),
+            admin_port: Arc::new(admin_port),
         })
     }
 }

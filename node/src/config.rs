@@ -109,6 +109,10 @@ pub struct TlsConfig {
     /// `none`, `optional` or `required`: whether clients must show a certificate from
     /// the CA on the client port.
     pub client_auth: distkv_network::tls::ClientAuth,
+    /// Serve the admin HTTP port (/metrics, /health) over TLS too, with the node
+    /// certificate and the client port's `client_auth`. Off by default: scrapers and
+    /// probes then use plain HTTP, so keep that port on a trusted network.
+    pub admin: bool,
 }
 
 impl TlsConfig {

@@ -106,9 +106,21 @@ async fn a_tls_cluster_serves_clients_replicates_over_mtls_and_refuses_strangers
     let other = make_certs(&dir.path().join("other-ca"));
     let flags = node_tls(&certs);
     std::fs::create_dir_all(dir.path().join("data"))?;
+    // The admin port serves HTTPS with the node's certificate too.
     let nodes = tokio::task::block_in_place(|| {
-        start_loopback_cluster_with(&dir.path().join("data"), &strs(&flags), &[])
+        start_loopback_cluster_with(
+            &dir.path().join("data"),
+            &strs(&flags),
+            &[("DISTKV_TLS__ADMIN", "true")],
+        )
     })?;
+    let health = https_get(&nodes[0].admin, &certs.join("ca.crt"), "/health/live").await?;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let plain = distkv_tests::http_get(&nodes[0].admin, "/health/live");
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plain HTTP was served on the TLS admin port"
+    );
 
     // A write at ALL through one node is read at ALL through another: replication and
     // reads crossed the peer ports over mutual TLS.
@@ -546,6 +558,29 @@ async fn sighup_reloads_certificates_for_new_connections_and_keeps_open_ones() -
     connect_and_put(&node.addr, &second.join("ca.crt")).await?;
     node.signal("TERM")?;
     Ok(())
+}
+
+/// `GET path` over HTTPS/1.1 to `addr`, trusting `ca`; the whole response.
+async fn https_get(addr: &str, ca: &Path, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let roots = distkv_network::tls::load_roots(ca)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(distkv_network::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await??;
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 async fn put(

@@ -26,6 +26,7 @@ use serde_json::json;
 use super::StartupError;
 use crate::config::Config;
 use crate::observe::{self, NodeProbe};
+use distkv_network::tls::Reloadable;
 
 const STARTING: u8 = 0;
 const SERVING: u8 = 1;
@@ -40,6 +41,48 @@ struct AdminState {
     exporter: PrometheusHandle,
 }
 
+/// Longest an admin client may take over its TLS handshake. Handshakes on the admin port
+/// are done one at a time (scrapers and probes connect rarely), so this bounds how long
+/// one silent client holds up the next.
+const ADMIN_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The admin port's listener with TLS: each accepted connection does its handshake with
+/// the configuration current at that moment; a failed one is logged and dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: Arc<Reloadable<rustls::ServerConfig>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin port: accept failed; retrying in 50 ms");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.current());
+            match tokio::time::timeout(ADMIN_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, peer),
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "admin port: TLS handshake failed")
+                }
+                Err(_) => tracing::warn!(%peer, "admin port: no TLS handshake within 5 s"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// The admin port of a node: absent when `admin_address` is empty.
 pub struct AdminPort {
     addr: Option<std::net::SocketAddr>,
@@ -50,7 +93,11 @@ pub struct AdminPort {
 impl AdminPort {
     /// Installs the metrics exporter, binds the admin address and serves it (readiness
     /// says "starting" until [`AdminPort::attach`]). Does nothing when the port is off.
-    pub async fn start(config: &Config) -> Result<AdminPort, StartupError> {
+    /// With `tls`, it serves HTTPS with that configuration (the node's certificate).
+    pub async fn start(
+        config: &Config,
+        tls: Option<Arc<Reloadable<rustls::ServerConfig>>>,
+    ) -> Result<AdminPort, StartupError> {
         let addr = match config.admin_listen_addr() {
             Ok(Some(addr)) => addr,
             Ok(None) => {
@@ -83,7 +130,11 @@ impl AdminPort {
             .route("/health/ready", get(ready))
             .with_state(state.clone());
         let serve = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let served = match tls {
+                None => axum::serve(listener, app).await,
+                Some(tls) => axum::serve(TlsListener { tcp: listener, tls }, app).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "admin HTTP port failed; /metrics and /health no longer answer");
             }
         });

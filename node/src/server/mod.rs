@@ -129,6 +129,7 @@ struct LiveTls {
     client_port: Arc<Reloadable<rustls::ServerConfig>>,
     peer_port: Arc<Reloadable<rustls::ServerConfig>>,
     peer_client: Arc<Reloadable<rustls::ClientConfig>>,
+    admin_port: Arc<Reloadable<rustls::ServerConfig>>,
 }
 
 impl LiveTls {
@@ -137,6 +138,7 @@ impl LiveTls {
             client_port: Reloadable::new(tls.client_port),
             peer_port: Reloadable::new(tls.peer_port),
             peer_client: Reloadable::new(tls.peer_client),
+            admin_port: Reloadable::new(tls.admin_port),
         }
     }
 
@@ -144,6 +146,7 @@ impl LiveTls {
         self.client_port.replace(tls.client_port);
         self.peer_port.replace(tls.peer_port);
         self.peer_client.replace(tls.peer_client);
+        self.admin_port.replace(tls.admin_port);
     }
 }
 
@@ -237,7 +240,11 @@ where
         StartupError(format!("cannot listen on {peer_listen} for peers (setting peer_address, default: the client port + 1000): {e}; choose a free port with --peer-address or stop the other process"))
     })?;
     // Before storage opens: /health/live answers and /health/ready says "starting".
-    let admin = admin::AdminPort::start(&config).await?;
+    let admin_tls = match &tls {
+        Some(live) if config.tls.admin => Some(live.admin_port.clone()),
+        _ => None,
+    };
+    let admin = admin::AdminPort::start(&config, admin_tls).await?;
     // Held for the life of the process: a second node on the same data directory would
     // interleave its writes with ours.
     let _data_dir_lock = storage::lock_data_dir(&config.data_dir)?;
