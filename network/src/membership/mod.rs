@@ -5,17 +5,24 @@
 //! * `layout.rs`: the layout and its sans-IO acceptance rule.
 //! * `liveness.rs`: the sans-IO phi accrual detector and liveness table.
 //! * `static_list.rs`: membership from a fixed list.
+//! * `gossip.rs`: the sans-IO gossip core (versioned node states, digest exchanges,
+//!   identity refusals) that a gossip membership's shell drives.
 //! * `probe.rs`: the ping round that feeds the failure detector.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod gossip;
 mod layout;
 mod liveness;
 mod probe;
 mod static_list;
 
+pub use gossip::{
+    DigestEntry, GossipEvent, GossipMessage, GossipSettings, Gossiper, NodeState, Outgoing,
+    Refusal, ReplicationFingerprint, XorShift64, DEFAULT_MAX_NODES, DEFAULT_MAX_STATES_PER_MESSAGE,
+};
 pub use layout::{Layout, LayoutError, Member, MemberState, Succession};
 pub use liveness::{Contact, DetectorSettings, Liveness, LivenessTable, LivenessView, PhiDetector};
 pub use probe::probe_members;
