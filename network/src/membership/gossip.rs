@@ -414,7 +414,7 @@ pub struct Gossiper {
     /// Refusal lines already reported.
     reported: BTreeSet<String>,
     /// Ids refused for their replication settings, with the version refused: not asked
-    /// for again until a newer version shows up.
+    /// for again until a newer generation shows up.
     refused: BTreeMap<String, (u64, u64)>,
     dropped_at_bound: u64,
     newest_layout_announced: u64,
@@ -526,8 +526,10 @@ impl Gossiper {
     }
 
     /// One gossip round at `now`: bumps our heartbeat, re-evaluates liveness, and returns a
-    /// [`GossipMessage::Digest`] for each target: up to `fanout` random live peers; a
-    /// random seed when no peer is live, else with probability seeds / (live + seeds); and
+    /// [`GossipMessage::Digest`] for each target: up to `fanout` random live peers; one
+    /// random seed whose node we have not learned yet (no known state has its address), so
+    /// islands formed by lost first contacts join up; else a random seed when no peer is
+    /// live, else with probability seeds / (live + seeds); and
     /// a random dead node with probability dead / (live + 1) (so a node that comes back
     /// is found). No target appears twice.
     pub fn tick(&mut self, now: Instant, rng: &mut impl FnMut() -> u64) -> Vec<Outgoing> {
@@ -554,17 +556,29 @@ impl Gossiper {
         let fanout = self.settings.fanout.max(1);
         pick_distinct(&mut live, fanout, rng, &mut targets);
 
-        let mut seeds: Vec<String> = self
+        let known_addresses: BTreeSet<&str> =
+            self.states.values().map(|s| s.address.as_str()).collect();
+        let mut unlearned: Vec<String> = self
             .seeds
             .iter()
-            .filter(|s| !targets.contains(s))
+            .filter(|s| !known_addresses.contains(s.as_str()) && !targets.contains(s))
             .cloned()
             .collect();
-        let seed_chance = live.len() + seeds.len();
-        if !seeds.is_empty()
-            && (targets.is_empty() || (rng() % seed_chance as u64) < seeds.len() as u64)
-        {
-            pick_distinct(&mut seeds, 1, rng, &mut targets);
+        if !unlearned.is_empty() {
+            pick_distinct(&mut unlearned, 1, rng, &mut targets);
+        } else {
+            let mut seeds: Vec<String> = self
+                .seeds
+                .iter()
+                .filter(|s| !targets.contains(s))
+                .cloned()
+                .collect();
+            let seed_chance = live.len() + seeds.len();
+            if !seeds.is_empty()
+                && (targets.is_empty() || (rng() % seed_chance as u64) < seeds.len() as u64)
+            {
+                pick_distinct(&mut seeds, 1, rng, &mut targets);
+            }
         }
         dead.retain(|d| !targets.contains(d));
         if !dead.is_empty() && (rng() % (live.len() as u64 + 1)) < dead.len() as u64 {
@@ -810,10 +824,12 @@ impl Gossiper {
                 }
                 Some(_) => {}
                 None => {
+                    // A refused member is asked for again only once it restarted (its
+                    // settings may have been fixed), not every time its heartbeat moves.
                     let refused = self
                         .refused
                         .get(&entry.id)
-                        .is_some_and(|v| *v >= entry.version());
+                        .is_some_and(|v| v.0 >= entry.generation);
                     if !refused {
                         requests.push(DigestEntry {
                             id: entry.id.clone(),
@@ -830,7 +846,7 @@ impl Gossiper {
             }
         }
         // Entirely missing first, then restarts, then the most out of date.
-        offers.sort_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+        offers.sort_by_key(|o| std::cmp::Reverse((o.0, o.1, o.2)));
         let states = offers
             .into_iter()
             .take(self.settings.max_states_per_message)
@@ -853,12 +869,21 @@ impl Gossiper {
             .collect()
     }
 
-    /// Reports a refusal once per distinct line.
+    /// Reports a refusal once per distinct line (a live duplicate once per generation).
     fn report(&mut self, refusal: Refusal) {
         if self.reported.len() >= REPORTED_CAPACITY {
             self.reported.clear();
         }
-        if self.reported.insert(refusal.to_string()) {
+        let key = match &refusal {
+            // One report per other generation, wherever it was seen.
+            Refusal::LiveDuplicateId {
+                id,
+                their_generation,
+                ..
+            } => format!("duplicate {id} {their_generation}"),
+            other => other.to_string(),
+        };
+        if self.reported.insert(key) {
             self.events.push(GossipEvent::Refused(refusal));
         }
     }
@@ -874,5 +899,550 @@ fn pick_distinct(
     for _ in 0..n.min(from.len()) {
         let i = (rng() % from.len() as u64) as usize;
         into.push(from.swap_remove(i));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ROUND: Duration = Duration::from_millis(1000);
+
+    fn fingerprint() -> ReplicationFingerprint {
+        ReplicationFingerprint {
+            replicas: 3,
+            partitioner: "xxh3".into(),
+            virtual_nodes: 16,
+            ring: 0xfeed,
+        }
+    }
+
+    fn id(i: usize) -> String {
+        format!("n{i:02}")
+    }
+
+    fn addr(i: usize) -> String {
+        format!("10.0.{}.{}:7000", i / 200, i % 200)
+    }
+
+    fn node_state(i: usize, generation: u64) -> NodeState {
+        NodeState {
+            id: id(i),
+            generation,
+            heartbeat: 0,
+            address: addr(i),
+            cluster_name: "test".into(),
+            layout_version: 1,
+            layout_digest: 0xabc,
+            replication: fingerprint(),
+            load_bytes: 0,
+            build: "0.1.0".into(),
+        }
+    }
+
+    fn ceil_log2(n: usize) -> u32 {
+        usize::BITS - (n - 1).leading_zeros()
+    }
+
+    /// A tiny network: delivers every `Outgoing` round by round, with optional loss,
+    /// stopped nodes (neither tick nor receive) and isolated nodes (cut off from the
+    /// others, both ways).
+    struct Net {
+        nodes: Vec<Gossiper>,
+        by_addr: BTreeMap<String, usize>,
+        stopped: BTreeSet<usize>,
+        isolated: BTreeSet<usize>,
+        loss_percent: u64,
+        rng: XorShift64,
+        t0: Instant,
+        round: u32,
+        events: Vec<Vec<GossipEvent>>,
+    }
+
+    impl Net {
+        /// `n` nodes of generation 1; node i > 0 knows one seed, a random node before it
+        /// (a tree, so the seed graph is connected); node 0 knows node 1.
+        fn new(n: usize, seed: u64) -> Net {
+            let mut rng = XorShift64::new(seed);
+            let mut net = Net {
+                nodes: Vec::new(),
+                by_addr: BTreeMap::new(),
+                stopped: BTreeSet::new(),
+                isolated: BTreeSet::new(),
+                loss_percent: 0,
+                rng: XorShift64::new(seed ^ 0x5555),
+                t0: Instant::now(),
+                round: 0,
+                events: Vec::new(),
+            };
+            for i in 0..n {
+                let seed_node = if i == 0 {
+                    1
+                } else {
+                    (rng.next_u64() % i as u64) as usize
+                };
+                net.add(node_state(i, 1), vec![addr(seed_node)]);
+            }
+            net
+        }
+
+        fn add(&mut self, state: NodeState, seeds: Vec<String>) -> usize {
+            let i = self.nodes.len();
+            self.by_addr.insert(state.address.clone(), i);
+            self.nodes
+                .push(Gossiper::new(state, seeds, GossipSettings::default()));
+            self.events.push(Vec::new());
+            i
+        }
+
+        fn now(&self) -> Instant {
+            self.t0 + ROUND * self.round
+        }
+
+        fn cut(&self, a: usize, b: usize) -> bool {
+            self.stopped.contains(&a)
+                || self.stopped.contains(&b)
+                || self.isolated.contains(&a) != self.isolated.contains(&b)
+        }
+
+        /// One gossip round: every running node ticks, then messages (and their answers)
+        /// are delivered until none is left.
+        fn step(&mut self) {
+            self.round += 1;
+            let now = self.now();
+            let mut queue = std::collections::VecDeque::new();
+            let Net { nodes, rng, .. } = self;
+            for (i, node) in nodes.iter_mut().enumerate() {
+                if self.stopped.contains(&i) {
+                    continue;
+                }
+                for out in node.tick(now, &mut || rng.next_u64()) {
+                    queue.push_back((i, out));
+                }
+            }
+            while let Some((from, out)) = queue.pop_front() {
+                let Some(&to) = self.by_addr.get(&out.to) else {
+                    continue;
+                };
+                if self.cut(from, to) || self.rng.next_u64() % 100 < self.loss_percent {
+                    continue;
+                }
+                let from_addr = self.nodes[from].local().address.clone();
+                for reply in self.nodes[to].on_message(&from_addr, out.message, now) {
+                    queue.push_back((to, reply));
+                }
+            }
+            for (i, node) in self.nodes.iter_mut().enumerate() {
+                self.events[i].extend(node.take_events());
+            }
+        }
+
+        fn running(&self) -> Vec<usize> {
+            (0..self.nodes.len())
+                .filter(|i| !self.stopped.contains(i))
+                .collect()
+        }
+
+        /// Every running node knows every running node's current generation.
+        fn all_known(&self) -> bool {
+            let running = self.running();
+            running.iter().all(|&i| {
+                running.iter().all(|&j| {
+                    let want = self.nodes[j].local();
+                    self.nodes[i]
+                        .state(&want.id)
+                        .is_some_and(|s| s.generation == want.generation)
+                })
+            })
+        }
+
+        /// The largest gap between a running node's heartbeat and another's view of it.
+        fn max_heartbeat_lag(&self) -> u64 {
+            let running = self.running();
+            let mut lag = 0;
+            for &i in &running {
+                for &j in &running {
+                    let want = self.nodes[j].local();
+                    let seen = self.nodes[i].state(&want.id).map_or(0, |s| s.heartbeat);
+                    lag = lag.max(want.heartbeat.saturating_sub(seen));
+                }
+            }
+            lag
+        }
+
+        /// Rounds (at most `max`) until `done` holds; panics if it never does.
+        fn run_until(&mut self, max: u32, what: &str, done: impl Fn(&Net) -> bool) -> u32 {
+            for r in 1..=max {
+                self.step();
+                if done(self) {
+                    return r;
+                }
+            }
+            panic!("{what}: not reached within {max} rounds");
+        }
+
+        fn liveness_of(&self, viewer: usize, target: usize) -> Liveness {
+            self.nodes[viewer]
+                .liveness(&id(target), self.now())
+                .liveness
+        }
+
+        fn everyone_sees(&self, target: usize, liveness: Liveness) -> bool {
+            self.running()
+                .into_iter()
+                .filter(|&i| i != target)
+                .all(|i| self.liveness_of(i, target) == liveness)
+        }
+
+        fn refusals(&self, i: usize) -> Vec<Refusal> {
+            self.events[i]
+                .iter()
+                .filter_map(|e| match e {
+                    GossipEvent::Refused(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn converge_rounds(n: usize, loss_percent: u64, seed: u64) -> (u32, u64) {
+        let mut net = Net::new(n, seed);
+        net.loss_percent = loss_percent;
+        let rounds = net.run_until(200, "convergence", Net::all_known);
+        // Steady state: how far behind the freshest heartbeats the views are.
+        let mut lag = 0;
+        for _ in 0..10 {
+            net.step();
+            lag = lag.max(net.max_heartbeat_lag());
+        }
+        (rounds, lag)
+    }
+
+    #[test]
+    fn gossip_converges_in_log_n_rounds() {
+        for n in [16usize, 32, 64] {
+            let bound = 4 * ceil_log2(n) + 4;
+            for seed in [1u64, 2, 3] {
+                let (rounds, lag) = converge_rounds(n, 0, seed);
+                println!("gossip n={n} seed={seed}: converged in {rounds} rounds (bound {bound}), steady heartbeat lag {lag}");
+                assert!(rounds <= bound, "n={n} seed={seed}: {rounds} > {bound}");
+                assert!(lag <= u64::from(ceil_log2(n)) + 2, "n={n}: lag {lag}");
+            }
+        }
+    }
+
+    #[test]
+    fn gossip_converges_with_message_loss() {
+        for n in [16usize, 32, 64] {
+            let bound = 4 * ceil_log2(n) + 4;
+            for seed in [1u64, 2, 3] {
+                let (rounds, lag) = converge_rounds(n, 10, seed);
+                println!("gossip n={n} seed={seed} loss=10%: converged in {rounds} rounds (bound {bound}), steady heartbeat lag {lag}");
+                assert!(rounds <= bound, "n={n} seed={seed}: {rounds} > {bound}");
+                assert!(lag <= u64::from(ceil_log2(n)) + 3, "n={n}: lag {lag}");
+            }
+        }
+    }
+
+    /// Rounds after which a silent member is dead everywhere: the last heartbeat takes up
+    /// to about log2(N) + 2 rounds to reach everyone, then phi reaches `phi_dead` (8) after
+    /// about 3.5 s of silence with the default settings (1 s rounds, std dev floor 0.5 s).
+    fn detection_window(n: usize) -> u32 {
+        ceil_log2(n) + 2 + 5
+    }
+
+    #[test]
+    fn a_stopped_node_is_dead_everywhere_within_the_window_and_alive_when_it_resumes() {
+        let n = 16;
+        let mut net = Net::new(n, 7);
+        net.run_until(40, "convergence", Net::all_known);
+        // Steady state: nobody is suspected.
+        for _ in 0..20 {
+            net.step();
+            for i in 0..n {
+                for j in 0..n {
+                    assert_eq!(net.liveness_of(i, j), Liveness::Alive, "{i} sees {j}");
+                }
+            }
+        }
+        let victim = 5;
+        net.stopped.insert(victim);
+        let window = detection_window(n);
+        let rounds = net.run_until(window, "dead everywhere", |net| {
+            net.everyone_sees(victim, Liveness::Dead)
+        });
+        println!("stopped node dead everywhere after {rounds} rounds (window {window})");
+        // Nobody else was suspected meanwhile.
+        for i in net.running() {
+            for j in net.running() {
+                assert_eq!(net.liveness_of(i, j), Liveness::Alive, "{i} sees {j}");
+            }
+        }
+        net.stopped.remove(&victim);
+        let back = net.run_until(window, "alive again", |net| {
+            net.everyone_sees(victim, Liveness::Alive)
+                && net
+                    .running()
+                    .iter()
+                    .all(|&j| net.liveness_of(victim, j) == Liveness::Alive)
+        });
+        println!("resumed node alive everywhere after {back} rounds");
+        let changes: Vec<&GossipEvent> = net.events[0]
+            .iter()
+            .filter(|e| matches!(e, GossipEvent::LivenessChanged { id: x, .. } if *x == id(victim)))
+            .collect();
+        assert!(
+            matches!(
+                changes.last(),
+                Some(GossipEvent::LivenessChanged {
+                    to: Liveness::Alive,
+                    ..
+                })
+            ),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn a_partitioned_node_is_suspected_and_recovers_after_the_heal() {
+        let n = 16;
+        let mut net = Net::new(n, 11);
+        net.run_until(40, "convergence", Net::all_known);
+        for _ in 0..5 {
+            net.step();
+        }
+        let cut = 3;
+        net.isolated.insert(cut);
+        let suspected = net.run_until(detection_window(n), "suspected", |net| {
+            (0..n)
+                .filter(|&i| i != cut)
+                .all(|i| net.liveness_of(i, cut) != Liveness::Alive)
+                && (0..n)
+                    .filter(|&j| j != cut)
+                    .all(|j| net.liveness_of(cut, j) != Liveness::Alive)
+        });
+        println!("partitioned node suspected on both sides after {suspected} rounds");
+        for _ in 0..10 {
+            net.step();
+        }
+        net.isolated.clear();
+        let healed = net.run_until(detection_window(n), "healed", |net| {
+            (0..n).all(|i| (0..n).all(|j| net.liveness_of(i, j) == Liveness::Alive))
+        });
+        println!("partition healed: all alive everywhere after {healed} rounds");
+    }
+
+    #[test]
+    fn a_node_of_another_cluster_is_refused_on_both_sides() {
+        let mut net = Net::new(4, 3);
+        net.run_until(40, "convergence", Net::all_known);
+        let mut stranger = node_state(4, 1);
+        stranger.cluster_name = "other".into();
+        let s = net.add(stranger, vec![addr(0)]);
+        for _ in 0..5 {
+            net.step();
+        }
+        for i in 0..4 {
+            assert!(
+                net.nodes[i].state(&id(s)).is_none(),
+                "{i} merged the stranger"
+            );
+        }
+        assert!(net.nodes[s].state(&id(0)).is_none());
+        let ours = net.refusals(0);
+        assert_eq!(
+            ours,
+            vec![Refusal::ClusterName {
+                peer_address: addr(s),
+                ours: "test".into(),
+                theirs: "other".into()
+            }],
+            "reported once"
+        );
+        let line = ours[0].to_string();
+        assert!(
+            line.contains("\"test\"") && line.contains("\"other\""),
+            "{line}"
+        );
+        let theirs = net.refusals(s);
+        assert_eq!(theirs.len(), 1, "{theirs:?}");
+        let line = theirs[0].to_string();
+        assert!(
+            line.contains(&addr(0)) && line.contains("\"test\"") && line.contains("\"other\""),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_second_process_with_a_live_id_is_reported() {
+        let mut net = Net::new(4, 5);
+        net.run_until(40, "convergence", Net::all_known);
+        // Another process takes id n01 with a newer generation, at another address.
+        let mut twin = node_state(1, 50);
+        twin.address = "10.9.9.9:7000".into();
+        net.add(twin, vec![addr(2)]);
+        for _ in 0..6 {
+            net.step();
+        }
+        let refusals = net.refusals(1);
+        assert_eq!(refusals.len(), 1, "reported once: {refusals:?}");
+        let Some(Refusal::LiveDuplicateId {
+            id: dup,
+            our_generation,
+            their_generation,
+            ..
+        }) = refusals.first()
+        else {
+            panic!("no duplicate reported: {refusals:?}");
+        };
+        assert_eq!(
+            (dup.as_str(), *our_generation, *their_generation),
+            ("n01", 1, 50)
+        );
+        let line = refusals[0].to_string();
+        assert!(
+            line.contains("generation 50") && line.contains("generation 1,"),
+            "{line}"
+        );
+        // The original process never merged the other's state over its own.
+        assert_eq!(net.nodes[1].local().generation, 1);
+    }
+
+    #[test]
+    fn a_member_with_other_replication_settings_is_refused() {
+        let mut net = Net::new(4, 9);
+        net.run_until(40, "convergence", Net::all_known);
+        let mut odd = node_state(4, 1);
+        odd.replication.replicas = 5;
+        let o = net.add(odd, vec![addr(0)]);
+        for _ in 0..6 {
+            net.step();
+        }
+        for i in 0..4 {
+            assert!(net.nodes[i].state(&id(o)).is_none(), "{i} merged it");
+        }
+        let ours = net.refusals(0);
+        assert!(
+            matches!(&ours[..], [Refusal::Replication { id: r, .. }] if *r == id(o)),
+            "{ours:?}"
+        );
+        let line = ours[0].to_string();
+        assert!(line.contains("N=5") && line.contains("N=3"), "{line}");
+        // The odd node refuses the cluster's members the same way.
+        assert!(net
+            .refusals(o)
+            .iter()
+            .all(|r| matches!(r, Refusal::Replication { .. })),);
+        assert!(!net.refusals(o).is_empty());
+    }
+
+    #[test]
+    fn a_restarted_node_replaces_its_old_state_everywhere() {
+        let n = 8;
+        let mut net = Net::new(n, 13);
+        net.run_until(40, "convergence", Net::all_known);
+        let r = 4;
+        net.stopped.insert(r);
+        for _ in 0..3 {
+            net.step();
+        }
+        // Restart: same id and address, higher generation, heartbeat from 0.
+        net.nodes[r] = Gossiper::new(
+            node_state(r, 1000),
+            vec![addr(0)],
+            GossipSettings::default(),
+        );
+        net.stopped.remove(&r);
+        let rounds = net.run_until(30, "restart known", |net| {
+            net.all_known() && net.everyone_sees(r, Liveness::Alive)
+        });
+        println!("restarted node replaced everywhere after {rounds} rounds");
+        for i in 0..n {
+            assert_eq!(net.nodes[i].state(&id(r)).map(|s| s.generation), Some(1000));
+            if i != r {
+                assert!(
+                    net.events[i].iter().any(|e| matches!(e,
+                        GossipEvent::Restarted { id: x, old_generation: 1, new_generation: 1000 } if *x == id(r))),
+                    "{i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn known_nodes_and_message_sizes_are_capped() {
+        let settings = GossipSettings {
+            max_nodes: 4,
+            max_states_per_message: 2,
+            ..GossipSettings::default()
+        };
+        let now = Instant::now();
+        let mut g = Gossiper::new(
+            node_state(0, 1),
+            vec![addr(0), addr(1), addr(1), " ".into()],
+            settings,
+        );
+        assert_eq!(
+            g.seeds(),
+            [addr(1)],
+            "own address, duplicates and blanks ignored"
+        );
+        for i in 1..8 {
+            g.merge(node_state(i, 1), now);
+        }
+        assert_eq!(g.states().count(), 4);
+        assert_eq!(g.dropped_at_bound(), 4);
+        // A digest from someone who knows nothing gets at most 2 states back.
+        let out = g.on_message(
+            &addr(9),
+            GossipMessage::Digest {
+                cluster_name: "test".into(),
+                entries: vec![],
+            },
+            now,
+        );
+        let [Outgoing {
+            message: GossipMessage::DigestAck { states, .. },
+            ..
+        }] = &out[..]
+        else {
+            panic!("{out:?}");
+        };
+        assert_eq!(states.len(), 2);
+    }
+
+    fn arbitrary_state() -> impl Strategy<Value = NodeState> {
+        (1usize..6, 1u64..4, 0u64..6, 0u64..3).prop_map(|(i, generation, heartbeat, load)| {
+            let mut s = node_state(i, generation);
+            s.heartbeat = heartbeat;
+            s.load_bytes = load;
+            s
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn merging_in_any_order_gives_the_same_view(
+            (states, shuffled) in proptest::collection::vec(arbitrary_state(), 0..24)
+                .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle()))
+        ) {
+            let now = Instant::now();
+            let view = |states: &[NodeState]| {
+                let mut g = Gossiper::new(node_state(0, 1), vec![], GossipSettings::default());
+                for s in states {
+                    g.merge(s.clone(), now);
+                }
+                g.states().cloned().collect::<Vec<_>>()
+            };
+            let a = view(&states);
+            let b = view(&shuffled);
+            prop_assert_eq!(&a, &b);
+            // And the view holds the highest version per id.
+            for s in &states {
+                let held = a.iter().find(|h| h.id == s.id).unwrap();
+                prop_assert!(held.version() >= s.version());
+            }
+        }
     }
 }
