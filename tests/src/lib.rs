@@ -492,7 +492,7 @@ pub fn start_loopback_cluster_with(
     let peers: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
-    (0..3)
+    let servers = (0..3)
         .map(|i| {
             let mut args = member_args(&peers, i);
             args.extend(extra.iter().map(|s| s.to_string()));
@@ -505,7 +505,48 @@ pub fn start_loopback_cluster_with(
                 envs,
             )
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    wait_cluster_ready(&servers, Duration::from_secs(20))?;
+    Ok(servers)
+}
+
+/// Waits until a read at ALL through every node succeeds: every node reaches every other
+/// over the peer port (a node started before the others may have backed off from them
+/// for a moment). Bounded by `timeout`.
+pub fn wait_cluster_ready(servers: &[Server], timeout: Duration) -> Result<()> {
+    use distkv_proto::v1::{Consistency, GetRequest};
+    let deadline = Instant::now() + timeout;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for server in servers {
+        loop {
+            let tls = tls_of(&server.args);
+            let addr = server.addr.clone();
+            let answered = rt.block_on(async move {
+                let client = match &tls {
+                    Some((ca, identity)) => connect_tls(&addr, ca, identity.clone()).await,
+                    None => connect(&addr).await,
+                };
+                client?
+                    .get(GetRequest {
+                        key: b"distkv-tests-cluster-ready".to_vec().into(),
+                        consistency: Consistency::All as i32,
+                    })
+                    .await?;
+                anyhow::Ok(())
+            });
+            match answered {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => bail!(
+                    "the cluster is not ready after {timeout:?}: a read at ALL through {} failed: {e}",
+                    server.addr
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The number of hints the node at `addr` holds for other nodes (from its Status).
