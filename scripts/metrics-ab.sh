@@ -5,7 +5,9 @@
 # (--admin-address ""), alternating the two ROUNDS times in one session so that both
 # see the same machine.
 #   scripts/metrics-ab.sh [ROUNDS] [OPS]      defaults: 3 rounds of 100000 inserts
-# Prints one line per run and the medians. BIN=DIR uses binaries already built.
+# Prints one line per run and the medians. BIN=DIR uses binaries already built. SCRAPE=0
+# leaves the "on" arm unscraped (the recording cost alone); SCRAPE_EVERY=SECONDS sets the
+# scrape interval (default 1 s, a stress case: Prometheus' usual is 15 s or more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -27,8 +29,8 @@ run_arm() {
     local arm=$1 before after report
     if [ "$arm" = on ]; then SERVER_ARGS=""; else SERVER_ARGS='--admin-address='; fi
     start_cluster 3 731
-    if [ "$arm" = on ]; then
-        ( while :; do for i in 1 2 3; do curl -s -m 1 "http://127.0.0.1:$((7310 + i + 2000))/metrics" >/dev/null || true; done; sleep 1; done ) &
+    if [ "$arm" = on ] && [ "${SCRAPE:-1}" = 1 ]; then
+        ( while :; do for i in 1 2 3; do curl -s -m 1 "http://127.0.0.1:$((7310 + i + 2000))/metrics" >/dev/null || true; done; sleep "${SCRAPE_EVERY:-1}"; done ) &
         SCRAPER=$!
     fi
     before=$(cpu "${PIDS[@]}")
