@@ -297,7 +297,7 @@ impl NodeTls {
         let mut peer_port = ServerConfig::builder_with_provider(p.clone())
             .with_protocol_versions(VERSIONS)
             .map_err(bad_cert)?
-            .with_client_cert_verifier(Arc::new(NodesOnly::Clients(node_clients)))
+            .with_client_cert_verifier(Arc::new(NodeClients(node_clients)))
             .with_single_cert(identity.certs.clone(), identity.key())
             .map_err(bad_cert)?;
         peer_port.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -309,7 +309,7 @@ impl NodeTls {
             .with_protocol_versions(VERSIONS)
             .map_err(bad_cert)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NodesOnly::Servers(node_servers)))
+            .with_custom_certificate_verifier(Arc::new(NodeServers(node_servers)))
             .with_client_auth_cert(identity.certs.clone(), identity.key())
             .map_err(bad_cert)?;
         peer_client.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -384,12 +384,14 @@ pub fn client_connector(options: &ClientTlsOptions) -> Result<TlsConnector, TlsE
     }
 }
 
-/// Wraps a WebPKI verifier and also requires the node role of the other side's leaf.
+/// The peer port's client verifier: the cluster CA's WebPKI check, then the node role.
 #[derive(Debug)]
-enum NodesOnly {
-    Clients(Arc<dyn ClientCertVerifier>),
-    Servers(Arc<WebPkiServerVerifier>),
-}
+struct NodeClients(Arc<dyn ClientCertVerifier>);
+
+/// The peer client's server verifier: the cluster CA's WebPKI check (host name
+/// included), then the node role.
+#[derive(Debug)]
+struct NodeServers(Arc<WebPkiServerVerifier>);
 
 fn not_a_node() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
@@ -399,7 +401,7 @@ fn not_a_node() -> rustls::Error {
     )))
 }
 
-impl ClientCertVerifier for NodesOnly {
+impl ClientCertVerifier for NodeClients {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -409,10 +411,7 @@ impl ClientCertVerifier for NodesOnly {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        match self {
-            NodesOnly::Clients(v) => v.root_hint_subjects(),
-            NodesOnly::Servers(_) => &[],
-        }
+        self.0.root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -421,10 +420,7 @@ impl ClientCertVerifier for NodesOnly {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let NodesOnly::Clients(inner) = self else {
-            return Err(rustls::Error::General("misused verifier".into()));
-        };
-        let verified = inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self.0.verify_client_cert(end_entity, intermediates, now)?;
         if !is_node_certificate(end_entity) {
             return Err(not_a_node());
         }
@@ -437,10 +433,7 @@ impl ClientCertVerifier for NodesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        match self {
-            NodesOnly::Clients(v) => v.verify_tls12_signature(message, cert, dss),
-            NodesOnly::Servers(v) => v.verify_tls12_signature(message, cert, dss),
-        }
+        self.0.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -449,21 +442,15 @@ impl ClientCertVerifier for NodesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        match self {
-            NodesOnly::Clients(v) => v.verify_tls13_signature(message, cert, dss),
-            NodesOnly::Servers(v) => v.verify_tls13_signature(message, cert, dss),
-        }
+        self.0.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        match self {
-            NodesOnly::Clients(v) => v.supported_verify_schemes(),
-            NodesOnly::Servers(v) => v.supported_verify_schemes(),
-        }
+        self.0.supported_verify_schemes()
     }
 }
 
-impl ServerCertVerifier for NodesOnly {
+impl ServerCertVerifier for NodeServers {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -472,11 +459,13 @@ impl ServerCertVerifier for NodesOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let NodesOnly::Servers(inner) = self else {
-            return Err(rustls::Error::General("misused verifier".into()));
-        };
-        let verified =
-            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let verified = self.0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
         if !is_node_certificate(end_entity) {
             return Err(not_a_node());
         }
@@ -489,7 +478,7 @@ impl ServerCertVerifier for NodesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls12_signature(self, message, cert, dss)
+        self.0.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -498,11 +487,11 @@ impl ServerCertVerifier for NodesOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ClientCertVerifier::verify_tls13_signature(self, message, cert, dss)
+        self.0.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ClientCertVerifier::supported_verify_schemes(self)
+        self.0.supported_verify_schemes()
     }
 }
 
