@@ -346,6 +346,7 @@ mod tests {
             match request {
                 peer_request::Body::Ping(_) => Ok(peer_response::Body::Ping(PingResponse {
                     node_id: format!("server saw {from}"),
+                    generation: 0,
                 })),
                 peer_request::Body::Read(r) => Ok(peer_response::Body::Read(PeerReadResponse {
                     records: r

@@ -322,11 +322,13 @@ mod tests {
             match request {
                 Req::Ping(_) => Ok(Resp::Ping(PingResponse {
                     node_id: self.id.clone(),
+                    generation: 0,
                 })),
                 Req::Replicate(_) => Ok(Resp::Replicate(ReplicateResponse {})),
                 Req::Merge(_) => Ok(Resp::Merge(Default::default())),
                 Req::Read(_) => Err(HandlerError::Refused("read refused".into())),
                 Req::RangePull(r) => Ok(Resp::RangePull(self.page(&r))),
+                Req::Gossip(_) => Err(HandlerError::Refused("gossip refused".into())),
             }
         }
     }

@@ -10,8 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse};
 use distkv_proto::v1::{
-    KeyRecord, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse, PingRequest,
-    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
+    GossipRequest, GossipResponse, KeyRecord, MergeRequest, MergeResponse, PeerReadRequest,
+    PeerReadResponse, PingRequest, PingResponse, RangePullRequest, RangePullResponse,
+    ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -77,6 +78,7 @@ peer_rpcs! {
     Ping("ping"): PingRequest => PingResponse,
     RangePull("range_pull"): RangePullRequest => RangePullResponse,
     Merge("merge"): MergeRequest => MergeResponse,
+    Gossip("gossip"): GossipRequest => GossipResponse,
 }
 
 /// The checksum of a range-pull page, `RangePullResponse::checksum`: XXH3-64 over, per
@@ -338,12 +340,14 @@ mod tests {
         assert_eq!(request_name(&PingRequest {}.into_body()), "ping");
         let pong = peer_response::Body::Ping(PingResponse {
             node_id: "b".into(),
+            generation: 0,
         });
         assert_eq!(response_name(&pong), "ping");
         assert_eq!(
             PingRequest::from_body(pong.clone()),
             Some(PingResponse {
-                node_id: "b".into()
+                node_id: "b".into(),
+                generation: 0
             })
         );
         assert_eq!(ReplicateRequest::from_body(pong), None);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use distkv_engine::StorageEngine;
-use distkv_network::{probe_members, Membership, MembershipEvent, Transport};
+use distkv_network::{Membership, MembershipEvent, Transport};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::NodeSettings;
@@ -85,11 +85,14 @@ where
         },
         settings.clone(),
     );
-    let peer = Arc::new(PeerEndpoint::new(
-        local.id,
-        store.clone(),
-        PeerLimits::from_settings(&settings),
-    ));
+    let peer = Arc::new(
+        PeerEndpoint::new(
+            local.id,
+            store.clone(),
+            PeerLimits::from_settings(&settings),
+        )
+        .with_membership(membership.clone()),
+    );
     Assembled {
         node,
         peer,
@@ -110,8 +113,8 @@ where
     P: Partitioner,
     T: Transport,
 {
-    /// Starts the node's background work under `supervisor`: hint replay, the liveness
-    /// probe of every member, and the placement updater that installs a new snapshot
+    /// Starts the node's background work under `supervisor`: hint replay, the
+    /// membership's round (gossip, or the liveness probe of every member), and the placement updater that installs a new snapshot
     /// when the layout changes.
     pub fn start_background(&self, supervisor: &Supervisor) {
         if let Some(handoff) = &self.handoff {
@@ -132,10 +135,10 @@ where
             .settings
             .probe_interval
             .min(self.settings.request_timeout);
-        supervisor.every("liveness-probe", self.settings.probe_interval, move || {
+        supervisor.every("membership", self.settings.probe_interval, move || {
             let (membership, transport) = (membership.clone(), transport.clone());
             async move {
-                probe_members(&*membership, &*transport, timeout).await;
+                membership.round(&*transport, timeout).await;
             }
         });
         supervisor.spawn(

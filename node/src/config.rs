@@ -46,9 +46,14 @@ pub struct Config {
     /// Default: the host of `address` and its port + 2000 (8080 -> 10080); an empty
     /// string turns the port off.
     pub admin_address: Option<String>,
-    /// Other members: `HOST:PORT` or `ID=HOST:PORT`; a comma-separated string is accepted.
+    /// Other members: `HOST:PORT` or `ID=HOST:PORT` (their peer addresses); a
+    /// comma-separated string is accepted. With gossip they are contact points, and a new
+    /// cluster's first layout is this node and its seeds.
     #[serde(deserialize_with = "list_or_comma_string")]
     pub seed_nodes: Vec<String>,
+    /// The cluster's name: gossip from a node of another cluster is refused (and logged
+    /// on both sides). Default `distkv`.
+    pub cluster_name: String,
     /// How long a graceful shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -79,6 +84,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             admin_address: None,
             seed_nodes: Vec::new(),
+            cluster_name: DEFAULT_CLUSTER_NAME.to_string(),
             shutdown_timeout: Duration::from_secs(10),
             replication: ReplicationConfig::default(),
             limits: LimitsConfig::default(),
@@ -234,20 +240,44 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Default [`Config::cluster_name`].
+pub const DEFAULT_CLUSTER_NAME: &str = "distkv";
+
 /// Membership settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MembershipConfig {
     /// The implementation.
     pub kind: MembershipKind,
+    /// How often the node gossips (or, with `static`, pings every member).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Phi at or above which a member is dead (phi accrual); suspect from 5/8 of it.
+    pub phi_threshold: f64,
+    /// Peers gossiped to each round.
+    pub fanout: usize,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            kind: MembershipKind::default(),
+            interval: Duration::from_secs(1),
+            phi_threshold: 8.0,
+            fanout: 3,
+        }
+    }
 }
 
 /// Membership implementations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipKind {
-    /// The seed list is the cluster (fixed members; liveness from pings).
+    /// Gossip: seeds are contact points; liveness from gossiped heartbeats (phi
+    /// accrual); identity, cluster name and replication settings are checked.
     #[default]
+    Gossip,
+    /// The seed list is the cluster (fixed members; liveness from pings).
     Static,
 }
 
@@ -371,6 +401,9 @@ pub struct Flags {
     /// `--seed-nodes`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed_nodes: Option<Vec<String>>,
+    /// `--cluster-name`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
     /// `--replicas`, `--read-quorum`, `--write-quorum`, `--virtual-nodes`
     #[serde(skip_serializing_if = "ReplicationFlags::is_empty")]
     pub replication: ReplicationFlags,
@@ -912,6 +945,40 @@ impl Config {
         }
         self.seeds()
             .map_err(|e| bad("seed_nodes", &self.seed_nodes.join(","), e.0))?;
+        let name = &self.cluster_name;
+        if name.is_empty()
+            || name.len() > 128
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad(
+                "cluster_name",
+                &format!("{name:?}"),
+                "must be 1 to 128 bytes without spaces".into(),
+            ));
+        }
+        let m = &self.membership;
+        if !(m.phi_threshold.is_finite() && m.phi_threshold >= 1.0) {
+            return Err(bad(
+                "membership.phi_threshold",
+                &m.phi_threshold,
+                "must be a number of at least 1 (default 8; higher detects later and more surely)"
+                    .into(),
+            ));
+        }
+        if m.interval < Duration::from_millis(10) || m.interval > Duration::from_secs(60) {
+            return Err(bad(
+                "membership.interval",
+                &format!("{:?}", m.interval),
+                "must be from 10ms to 60s (default 1s)".into(),
+            ));
+        }
+        if m.fanout == 0 || m.fanout > 64 {
+            return Err(bad(
+                "membership.fanout",
+                &m.fanout,
+                "must be from 1 to 64 (default 3)".into(),
+            ));
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_key_bytes", l.max_key_bytes),
@@ -1227,6 +1294,33 @@ mod tests {
                 msg.contains("carrier-pigeon") && msg.contains("gossip.toml"),
                 "{msg}"
             );
+
+            let defaults = load(None, Flags::default()).unwrap().config;
+            assert_eq!(defaults.membership.kind, MembershipKind::Gossip);
+            assert_eq!(defaults.cluster_name, "distkv");
+            assert_eq!(defaults.membership.phi_threshold, 8.0);
+            jail.set_env("DISTKV_CLUSTER_NAME", "blue");
+            jail.set_env("DISTKV_MEMBERSHIP__PHI_THRESHOLD", "12");
+            let env = load(None, Flags::default()).unwrap().config;
+            assert_eq!(env.cluster_name, "blue");
+            assert_eq!(env.membership.phi_threshold, 12.0);
+            let flags = Flags {
+                cluster_name: Some("green".into()),
+                ..Flags::default()
+            };
+            assert_eq!(load(None, flags).unwrap().config.cluster_name, "green");
+            jail.set_env("DISTKV_CLUSTER_NAME", "has space");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(msg.contains("cluster_name") && msg.contains("without spaces"), "{msg}");
+            jail.set_env("DISTKV_CLUSTER_NAME", "blue");
+            jail.set_env("DISTKV_MEMBERSHIP__PHI_THRESHOLD", "0.5");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(msg.contains("membership.phi_threshold"), "{msg}");
+            jail.set_env("DISTKV_MEMBERSHIP__PHI_THRESHOLD", "8");
+            jail.set_env("DISTKV_MEMBERSHIP__INTERVAL", "1h");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(msg.contains("membership.interval"), "{msg}");
+            jail.set_env("DISTKV_MEMBERSHIP__INTERVAL", "1s");
 
             jail.create_file("plugin.toml", "[storage]\nengine = \"plugin\"\n")?;
             let msg = err_of(load(Some(Path::new("plugin.toml")), Flags::default()));

@@ -251,6 +251,63 @@ impl Layout {
     }
 }
 
+/// The layout in force and the rule that replaces it ([`Layout::check_successor`]),
+/// shared by every membership implementation.
+#[derive(Debug)]
+pub(crate) struct LayoutCell {
+    current: parking_lot::RwLock<std::sync::Arc<Layout>>,
+}
+
+impl LayoutCell {
+    pub(crate) fn new(layout: Layout) -> Self {
+        LayoutCell {
+            current: parking_lot::RwLock::new(std::sync::Arc::new(layout)),
+        }
+    }
+
+    pub(crate) fn get(&self) -> std::sync::Arc<Layout> {
+        self.current.read().clone()
+    }
+
+    /// Installs `offered` if it is the next version: `Ok(Some(ids))` with the ids of the
+    /// members it no longer holds, `Ok(None)` when it is the layout in force already. A
+    /// conflict (another layout with our version) is logged naming both digests.
+    pub(crate) fn apply(&self, offered: Layout) -> Result<Option<Vec<String>>, LayoutError> {
+        let mut current = self.current.write();
+        match current.check_successor(&offered) {
+            Ok(Succession::Same) => Ok(None),
+            Ok(Succession::Next) => {
+                let gone = current
+                    .members()
+                    .iter()
+                    .filter(|m| offered.member(&m.id).is_none())
+                    .map(|m| m.id.clone())
+                    .collect();
+                let version = offered.version();
+                *current = std::sync::Arc::new(offered);
+                tracing::info!(version, "layout changed");
+                Ok(Some(gone))
+            }
+            Err(
+                e @ LayoutError::Conflict {
+                    version,
+                    ours,
+                    theirs,
+                },
+            ) => {
+                tracing::error!(
+                    version,
+                    ours = format_args!("{ours:016x}"),
+                    theirs = format_args!("{theirs:016x}"),
+                    "two different layouts carry one version: the offered one is refused"
+                );
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

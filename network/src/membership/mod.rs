@@ -11,9 +11,16 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use distkv_proto::v1::{GossipRequest, GossipResponse};
+use futures::future::BoxFuture;
+
+use crate::{HandlerError, Transport};
 
 mod gossip;
+mod gossip_wire;
+mod gossiping;
 mod layout;
 mod liveness;
 mod probe;
@@ -23,6 +30,8 @@ pub use gossip::{
     DigestEntry, GossipEvent, GossipMessage, GossipSettings, Gossiper, NodeState, Outgoing,
     Refusal, ReplicationFingerprint, XorShift64, DEFAULT_MAX_NODES, DEFAULT_MAX_STATES_PER_MESSAGE,
 };
+pub use gossip_wire::MAX_GOSSIP_STRING_BYTES;
+pub use gossiping::{GossipMembership, GossipOptions, IdentityTaken};
 pub use layout::{Layout, LayoutError, Member, MemberState, Succession};
 pub use liveness::{Contact, DetectorSettings, Liveness, LivenessTable, LivenessView, PhiDetector};
 pub use probe::probe_members;
@@ -120,6 +129,41 @@ pub trait Membership: Send + Sync + 'static {
     fn record_contact(&self, id: &str, contact: Contact, now: Instant);
     /// Re-evaluates every member's liveness at `now` (call it periodically).
     fn tick(&self, now: Instant);
+
+    /// This process's generation (its start time in milliseconds since the Unix epoch),
+    /// answered in pings so that a restarted node is told from a second process with its
+    /// id; 0 where the implementation keeps none.
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    /// Answers a gossip message from peer `from`. Memberships that do not gossip refuse
+    /// it.
+    fn handle_gossip(
+        &self,
+        from: &str,
+        request: GossipRequest,
+        now: Instant,
+    ) -> Result<GossipResponse, HandlerError> {
+        let _ = (request, now);
+        Err(HandlerError::Refused(format!(
+            "gossip from {from} refused: this node does not gossip (membership.kind = \"static\"); \
+             run every node of the cluster with the same membership.kind"
+        )))
+    }
+
+    /// One round of the membership's background work, run by the node once per probe
+    /// interval with `timeout` per call: by default, ping every member of the layout
+    /// ([`probe_members`]) and re-evaluate liveness.
+    fn round<'a, T: Transport + ?Sized>(
+        &'a self,
+        transport: &'a T,
+        timeout: Duration,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            probe_members(self, transport, timeout).await;
+        })
+    }
 }
 
 /// Parses one seed entry: `HOST:PORT` (the id is the address) or `ID=HOST:PORT`.

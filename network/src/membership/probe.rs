@@ -89,6 +89,7 @@ mod tests {
         ) -> Result<peer_response::Body, HandlerError> {
             Ok(peer_response::Body::Ping(PingResponse {
                 node_id: self.0.clone(),
+                generation: 0,
             }))
         }
     }

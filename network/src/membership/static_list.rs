@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use super::layout::LayoutCell;
 use super::{
     Contact, DetectorSettings, Layout, LayoutError, Liveness, LivenessTable, LivenessView, Member,
-    MemberState, Membership, MembershipError, MembershipEvent, NodeInfo, Succession,
+    MemberState, Membership, MembershipError, MembershipEvent, NodeInfo,
 };
 
 /// Capacity of [`StaticMembership`]'s event channel: a subscriber more than this many
@@ -22,7 +23,7 @@ pub const EVENT_CAPACITY: usize = 1024;
 /// [`Membership::tick`] (see [`crate::probe_members`]).
 pub struct StaticMembership {
     local: NodeInfo,
-    layout: RwLock<Arc<Layout>>,
+    layout: LayoutCell,
     liveness: Mutex<LivenessTable>,
     events: broadcast::Sender<MembershipEvent>,
 }
@@ -31,7 +32,7 @@ impl std::fmt::Debug for StaticMembership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StaticMembership")
             .field("local", &self.local)
-            .field("layout", &self.layout.read())
+            .field("layout", &self.layout.get())
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +69,7 @@ impl StaticMembership {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Ok(StaticMembership {
             local,
-            layout: RwLock::new(Arc::new(layout)),
+            layout: LayoutCell::new(layout),
             liveness: Mutex::new(LivenessTable::new(detector)),
             events,
         })
@@ -86,7 +87,7 @@ impl Membership for StaticMembership {
     }
 
     fn layout(&self) -> Arc<Layout> {
-        self.layout.read().clone()
+        self.layout.get()
     }
 
     fn liveness(&self, id: &str) -> LivenessView {
@@ -106,44 +107,16 @@ impl Membership for StaticMembership {
     }
 
     fn apply_layout(&self, offered: Layout) -> Result<(), LayoutError> {
-        let mut current = self.layout.write();
-        match current.check_successor(&offered) {
-            Ok(Succession::Same) => Ok(()),
-            Ok(Succession::Next) => {
-                let version = offered.version();
-                {
-                    let mut table = self.liveness.lock();
-                    for gone in current
-                        .members()
-                        .iter()
-                        .filter(|m| offered.member(&m.id).is_none())
-                    {
-                        table.forget(&gone.id);
-                    }
-                }
-                *current = Arc::new(offered);
-                drop(current);
-                tracing::info!(version, "layout changed");
-                self.publish(MembershipEvent::LayoutChanged { version });
-                Ok(())
+        if let Some(gone) = self.layout.apply(offered)? {
+            let mut table = self.liveness.lock();
+            for id in &gone {
+                table.forget(id);
             }
-            Err(
-                e @ LayoutError::Conflict {
-                    version,
-                    ours,
-                    theirs,
-                },
-            ) => {
-                tracing::error!(
-                    version,
-                    ours = format_args!("{ours:016x}"),
-                    theirs = format_args!("{theirs:016x}"),
-                    "two different layouts carry one version: the offered one is refused"
-                );
-                Err(e)
-            }
-            Err(e) => Err(e),
+            drop(table);
+            let version = self.layout.get().version();
+            self.publish(MembershipEvent::LayoutChanged { version });
         }
+        Ok(())
     }
 
     fn record_contact(&self, id: &str, contact: Contact, now: Instant) {

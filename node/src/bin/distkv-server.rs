@@ -56,6 +56,10 @@ struct Args {
     /// addresses).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     seed_nodes: Option<Vec<String>>,
+    /// The cluster's name; gossip from nodes of another cluster is refused [default:
+    /// distkv].
+    #[arg(long, value_name = "NAME")]
+    cluster_name: Option<String>,
     /// N: copies of each key.
     #[arg(long)]
     replicas: Option<u32>,
@@ -208,6 +212,7 @@ fn main() -> ExitCode {
         data_dir: args.data_dir,
         admin_address: args.admin_address,
         seed_nodes: args.seed_nodes,
+        cluster_name: args.cluster_name,
         replication: ReplicationFlags {
             replicas: args.replicas,
             read_quorum: args.read_quorum,

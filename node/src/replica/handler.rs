@@ -3,13 +3,17 @@
 //! replica store; the coordinator is not involved.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use distkv_engine::StorageEngine;
-use distkv_network::{peer_request, peer_response, range_checksum, HandlerError, PeerHandler};
+use distkv_network::{
+    peer_request, peer_response, range_checksum, HandlerError, Membership, PeerHandler,
+};
 use distkv_proto::v1::{
-    KeyRecord, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse, PingResponse,
-    RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
+    GossipRequest, GossipResponse, KeyRecord, MergeRequest, MergeResponse, PeerReadRequest,
+    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
+    ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
@@ -33,6 +37,35 @@ pub struct PeerEndpoint<S: StorageEngine + ?Sized> {
     node_id: String,
     store: Arc<ReplicaStore<S>>,
     limits: PeerLimits,
+    membership: Option<Arc<dyn MembershipCalls>>,
+}
+
+/// The peer calls membership answers: pings (with the process generation) and gossip.
+pub trait MembershipCalls: Send + Sync + 'static {
+    /// The process generation ([`Membership::generation`]).
+    fn generation(&self) -> u64;
+    /// Answers a gossip message ([`Membership::handle_gossip`]).
+    fn gossip(
+        &self,
+        from: &str,
+        request: GossipRequest,
+        now: Instant,
+    ) -> Result<GossipResponse, HandlerError>;
+}
+
+impl<M: Membership> MembershipCalls for M {
+    fn generation(&self) -> u64 {
+        Membership::generation(self)
+    }
+
+    fn gossip(
+        &self,
+        from: &str,
+        request: GossipRequest,
+        now: Instant,
+    ) -> Result<GossipResponse, HandlerError> {
+        self.handle_gossip(from, request, now)
+    }
 }
 
 impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
@@ -47,7 +80,14 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
             node_id: node_id.into(),
             store,
             limits,
+            membership: None,
         }
+    }
+
+    /// Answers pings with `membership`'s generation and hands it gossip calls.
+    pub fn with_membership(mut self, membership: Arc<dyn MembershipCalls>) -> Self {
+        self.membership = Some(membership);
+        self
     }
 
     /// Decodes and checks the entries of a merge or replicate call.
@@ -197,8 +237,15 @@ impl<S: StorageEngine + ?Sized> PeerHandler for PeerEndpoint<S> {
             Req::Read(r) => self.read(from, r).map(Resp::Read),
             Req::Ping(_) => Ok(Resp::Ping(PingResponse {
                 node_id: self.node_id.clone(),
+                generation: self.membership.as_ref().map_or(0, |m| m.generation()),
             })),
             Req::RangePull(r) => self.range_pull(from, r).await.map(Resp::RangePull),
+            Req::Gossip(r) => match &self.membership {
+                Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
+                None => Err(HandlerError::Refused(format!(
+                    "gossip from {from} refused: this endpoint has no membership to answer it"
+                ))),
+            },
         }
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use distkv_engine::StorageEngine;
 use distkv_network::tls::{NodeTls, Reloadable};
 use distkv_network::{
-    DetectorSettings, GrpcTransport, Membership, PeerService, StaticMembership, Transport,
+    DetectorSettings, GossipMembership, GossipOptions, GossipSettings, GrpcTransport, Membership,
+    NodeInfo, PeerService, ReplicationFingerprint, StaticMembership, Transport,
 };
 use distkv_proto::v1::key_value_server::KeyValueServer;
 
@@ -61,6 +62,7 @@ pub fn settings(config: &Config) -> NodeSettings {
         hint_replay_interval: r.hint_replay_interval,
         hint_replay_batch: r.hint_replay_batch,
         max_vector_entries: r.max_vector_entries,
+        probe_interval: config.membership.interval,
         ..NodeSettings::default()
     }
 }
@@ -93,23 +95,11 @@ pub async fn run(
             crate::coordinator::MAX_NODE_ID_BYTES
         )));
     }
-    let membership = match config.membership.kind {
-        MembershipKind::Static => {
-            let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
-            StaticMembership::new(
-                config.local_node(),
-                seeds,
-                settings.virtual_nodes,
-                DetectorSettings::default(),
-            )
-            .map_err(|e| StartupError(e.to_string()))?
-        }
-    };
     let tls = load_tls(&config)?;
     let transport = crate::observe::MeteredTransport::new(match config.transport.kind {
         TransportKind::Grpc => {
             let t = GrpcTransport::new(
-                membership.local().id.clone(),
+                local.id.clone(),
                 Duration::from_secs(2).min(config.replication.request_timeout),
             )
             .with_max_message_bytes(peer_message_limit(&config));
@@ -119,7 +109,94 @@ pub async fn run(
             }
         }
     });
-    launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
+    let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
+    let detector = detector_settings(&config);
+    let static_membership = StaticMembership::new(
+        local.clone(),
+        seeds.clone(),
+        settings.virtual_nodes,
+        detector.clone(),
+    )
+    .map_err(|e| StartupError(e.to_string()))?;
+    match config.membership.kind {
+        MembershipKind::Static => {
+            launch::<_, HashRing, _>(
+                config,
+                settings,
+                static_membership,
+                transport,
+                tls,
+                shutdown,
+            )
+            .await
+        }
+        MembershipKind::Gossip => {
+            // Until joins run through gossip, a new cluster's first layout is this node
+            // and its seeds (as with `static`); gossip reports members holding another.
+            let layout = (*static_membership.layout()).clone();
+            let options = GossipOptions {
+                cluster_name: config.cluster_name.clone(),
+                generation: generation_now(),
+                seeds: seeds.iter().map(|s| s.address.clone()).collect(),
+                replication: ReplicationFingerprint {
+                    replicas: settings.replicas as u32,
+                    partitioner: "hash-ring-xxh3".to_string(),
+                    virtual_nodes: settings.virtual_nodes,
+                    ring: ring_algorithm_fingerprint(settings.virtual_nodes),
+                },
+                build: env!("CARGO_PKG_VERSION").to_string(),
+                settings: GossipSettings {
+                    fanout: config.membership.fanout,
+                    detector: DetectorSettings {
+                        min_std_dev: config.membership.interval / 2,
+                        first_interval: config.membership.interval,
+                        ..detector
+                    },
+                    ..GossipSettings::default()
+                },
+                never_heard_grace: NEVER_HEARD_GRACE,
+                rng_seed: generation_now() ^ xxhash_rust::xxh3::xxh3_64(local.id.as_bytes()),
+            };
+            let membership =
+                GossipMembership::new(local.clone(), layout, options, std::time::Instant::now());
+            membership
+                .check_identity(&transport, Duration::from_secs(2))
+                .await
+                .map_err(|e| StartupError(e.to_string()))?;
+            launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
+        }
+    }
+}
+
+/// A member of the layout never heard from by gossip this long after start is dead.
+const NEVER_HEARD_GRACE: Duration = Duration::from_secs(10);
+
+/// The failure detector's settings from `membership.*`.
+fn detector_settings(config: &Config) -> DetectorSettings {
+    let m = &config.membership;
+    DetectorSettings {
+        phi_dead: m.phi_threshold,
+        phi_suspect: m.phi_threshold * 5.0 / 8.0,
+        first_interval: m.interval,
+        ..DetectorSettings::default()
+    }
+}
+
+/// This process's generation: milliseconds since the Unix epoch at start.
+fn generation_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
+/// Fingerprint of how rings are built (token algorithm and version), not of any one
+/// layout: the ring of a fixed reference member list.
+fn ring_algorithm_fingerprint(virtual_nodes: u32) -> u64 {
+    let reference = [NodeInfo {
+        id: "reference".into(),
+        address: "reference:1".into(),
+    }];
+    HashRing::build(0, virtual_nodes.max(1), &reference).fingerprint()
 }
 
 /// The configurations new connections use, replaced together when the certificates are
