@@ -44,7 +44,7 @@ struct Backoff {
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Metadata key the server sets on statuses that come from the handler, so the client can
 /// tell a handler's UNAVAILABLE from a transport's.

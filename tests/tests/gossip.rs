@@ -1,0 +1,231 @@
+//! Gossip membership between real `distkv-server` processes on loopback ports: members
+//! hear each other, a `kill -9` is detected and a restart seen, and the identity checks
+//! (a second process with a live id, a node of another cluster, other replication
+//! settings) refuse with a line naming both sides. The times are printed for the record
+//! (`cargo test -p distkv-tests --test gossip -- --nocapture`).
+
+use std::time::{Duration, Instant};
+
+use distkv_proto::v1::StatusRequest;
+use distkv_tests::{
+    connect, free_port, run_client, server_output, start_loopback_cluster, stderr, Server,
+};
+
+/// Every member `node` lists, as (address, liveness, last heard in ms).
+async fn members_seen_by(node: &str) -> anyhow::Result<Vec<(String, String, Option<u64>)>> {
+    let status = connect(node)
+        .await?
+        .status(StatusRequest {})
+        .await?
+        .into_inner();
+    Ok(status
+        .members
+        .into_iter()
+        .map(|m| (m.address, m.liveness, m.last_heard_ms))
+        .collect())
+}
+
+/// Waits (bounded by `within`) until `check` holds for what `node` reports; returns how
+/// long it took.
+async fn wait_until(
+    node: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&[(String, String, Option<u64>)]) -> bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let seen = members_seen_by(node).await?;
+        if check(&seen) {
+            return Ok(start.elapsed());
+        }
+        anyhow::ensure!(
+            start.elapsed() < within,
+            "{node} does not see {what} after {within:?}: it reports {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Heard from within the last 3 s: gossip heartbeats arrive every second.
+fn heard(entry: &(String, String, Option<u64>)) -> bool {
+    entry.1 == "alive" && entry.2.is_some_and(|ms| ms <= 3000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_hear_each_other_and_a_killed_member_is_dead_then_back() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let peers: Vec<String> = nodes.iter().map(|n| n.peer_addr.clone()).collect();
+    for a in &addrs {
+        wait_until(a, Duration::from_secs(10), "3 members heard", |seen| {
+            seen.len() == 3 && seen.iter().all(heard)
+        })
+        .await?;
+    }
+    let all_heard = started.elapsed();
+    assert!(
+        all_heard <= Duration::from_secs(10),
+        "3 members heard by all after {all_heard:?}"
+    );
+    println!("gossip: 3 started processes all heard by every node {all_heard:?} after the first start");
+
+    tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
+    let victim = peers[2].clone();
+    let mut detection = Duration::ZERO;
+    for a in &addrs[..2] {
+        let took = wait_until(a, Duration::from_secs(15), "the killed member dead", |seen| {
+            seen.iter().any(|m| m.0 == victim && m.1 == "dead")
+        })
+        .await?;
+        detection = detection.max(took);
+    }
+    println!("gossip: kill -9 seen as dead by both others after {detection:?}");
+    for a in &addrs[..2] {
+        let seen = members_seen_by(a).await?;
+        let others: Vec<_> = seen.iter().filter(|m| m.0 != victim).collect();
+        assert!(others.iter().all(|m| heard(m)), "{a}: {seen:?}");
+    }
+
+    // A restart with the same id and address is a new generation, not a duplicate.
+    tokio::task::block_in_place(|| nodes[2].restart())?;
+    let mut back = Duration::ZERO;
+    for a in &addrs[..2] {
+        let took = wait_until(a, Duration::from_secs(15), "the restarted member", |seen| {
+            seen.iter().any(|m| m.0 == victim && heard(m))
+        })
+        .await?;
+        back = back.max(took);
+    }
+    println!("gossip: the restarted member alive again on both others after {back:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_node_id_is_refused_at_start_up() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    let address = format!("127.0.0.1:{}", free_port());
+    let peer = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("impostor");
+    let seeds = format!("n1={}", nodes[1].peer_addr);
+    let out = tokio::task::block_in_place(|| {
+        server_output(
+            &[
+                "--node-id",
+                "n0",
+                "--address",
+                &address,
+                "--peer-address",
+                &peer,
+                "--admin-address",
+                "",
+                "--data-dir",
+                data.to_str().expect("utf-8 temp path"),
+                "--seed-nodes",
+                &seeds,
+                "--replicas",
+                "3",
+            ],
+            &[],
+            dir.path(),
+        )
+    });
+    let err = stderr(&out);
+    assert!(!out.status.success(), "the second n0 must not start: {err}");
+    assert!(
+        err.contains("node id \"n0\" is in use by a live process")
+            && err.contains(&nodes[0].peer_addr)
+            && err.contains("--node-id"),
+        "{err}"
+    );
+    // The first n0 serves on.
+    let put = tokio::task::block_in_place(|| {
+        run_client(&nodes[0].addr, &["put", "--blind", "k", "v"], None)
+    });
+    assert!(put.status.success(), "{}", stderr(&put));
+    Ok(())
+}
+
+/// Waits (bounded) until `server`'s log holds `needle`.
+fn wait_for_log(server: &Server, needle: &str, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !server.log_text().contains(needle) {
+        anyhow::ensure!(
+            start.elapsed() < within,
+            "no line with {needle:?} in the log of {} after {within:?}; log:\n{}",
+            server.addr,
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+#[test]
+fn nodes_of_another_cluster_or_with_other_replication_settings_are_refused_on_both_sides(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let blue = Server::start(
+        &dir.path().join("blue"),
+        &["--node-id", "blue0", "--cluster-name", "blue"],
+    )?;
+    let seed = format!("blue0={}", blue.peer_addr);
+    let green = Server::start(
+        &dir.path().join("green"),
+        &[
+            "--node-id",
+            "green0",
+            "--cluster-name",
+            "green",
+            "--seed-nodes",
+            &seed,
+        ],
+    )?;
+    let within = Duration::from_secs(15);
+    // Both lines name both cluster names.
+    wait_for_log(
+        &blue,
+        &format!(
+            "refused gossip from {}: its cluster name is \"green\", ours is \"blue\"",
+            green.peer_addr
+        ),
+        within,
+    )?;
+    wait_for_log(&green, "(cluster \"blue\") refused our gossip", within)?;
+
+    let other = Server::start(
+        &dir.path().join("other"),
+        &[
+            "--node-id",
+            "blue1",
+            "--cluster-name",
+            "blue",
+            "--replicas",
+            "2",
+            "--seed-nodes",
+            &seed,
+        ],
+    )?;
+    wait_for_log(
+        &blue,
+        "refused member \"blue1\"",
+        within,
+    )?;
+    wait_for_log(&other, "refused member \"blue0\"", within)?;
+    for (server, theirs, ours) in [(&blue, "N=2", "N=3"), (&other, "N=3", "N=2")] {
+        let log = server.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("refused member"))
+            .expect("waited for it above");
+        assert!(
+            line.contains(&format!("its replication settings are {theirs}"))
+                && line.contains(&format!("ours are {ours}")),
+            "{line}"
+        );
+    }
+    Ok(())
+}
