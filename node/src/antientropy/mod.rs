@@ -1,0 +1,28 @@
+//! Anti-entropy and tombstone GC: the sans-IO core (DESIGN.md §3, issue 13).
+//!
+//! * [`tree`]: [`HashTree`], an incremental hash tree over the whole token space, kept
+//!   current from the write path ([`HashTree::update`]) and rebuilt after a crash.
+//! * [`exchange`]: [`Exchange`], one comparison of a token range with one peer (requests
+//!   out, responses in, differing keys at the end, after the in-flight filter
+//!   [`Suspects`]); [`answer`] is the peer's side.
+//! * [`gc`]: [`gc::decide`], the two-phase tombstone GC decision, and [`PurgeGuard`],
+//!   the compare-and-delete predicate.
+//!
+//! Nothing here does I/O, sleeps or reads a clock: the driver (RPCs, timers, throttle)
+//! passes `now` and carries the messages.
+
+pub mod exchange;
+pub mod gc;
+pub mod tree;
+
+pub use exchange::{
+    answer, DiffKind, Difference, Exchange, ExchangeError, ExchangeLimits, ExchangeStats, KeyHash,
+    KeyHashSource, Request, Response, RoundReport, ServeError, ServeLimits, Suspects,
+};
+pub use gc::{
+    decide, Confirmation, GcDecision, GcInput, GcPolicy, KeepReason, PurgeGuard, TombstoneVersion,
+};
+pub use tree::{item_hash, HashTree, Position, Summary, TreeError, TreeShape};
+
+#[cfg(test)]
+mod tests;
