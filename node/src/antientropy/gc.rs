@@ -86,7 +86,10 @@ pub enum GcDecision {
     Keep(KeepReason),
     /// Phase 1: push the tombstone to these replicas and record their confirmations.
     PushTo(Vec<String>),
-    /// Phase 2: delete the key, if [`PurgeGuard::still_current`] holds at delete time.
+    /// Phase 2: delete the key here and ask every replica of every active set to delete
+    /// it with the same guard; each deletes only if [`PurgeGuard::still_current`] holds
+    /// at delete time. (Deleting only locally would let the next push or exchange bring
+    /// the tombstone back from the others, which is safe but never ends.)
     Purge(PurgeGuard),
 }
 

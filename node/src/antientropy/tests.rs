@@ -957,7 +957,11 @@ fn run_schedule(steps: &[Step]) -> (Vec<Replica>, BTreeMap<Vec<u8>, Record>) {
                                 }
                             }
                             GcDecision::Purge(guard) => {
-                                purged = rs[on].purge(&guard);
+                                // Phase 2 on every replica: each deletes only if it
+                                // still holds exactly the confirmed tombstone.
+                                for r in rs.iter_mut().filter(|r| r.up) {
+                                    purged |= r.purge(&guard);
+                                }
                                 break;
                             }
                         }
@@ -992,6 +996,44 @@ fn run_schedule(steps: &[Step]) -> (Vec<Replica>, BTreeMap<Vec<u8>, Record>) {
         }
     }
     (rs, truth)
+}
+
+#[test]
+fn gc_purges_everywhere_once_every_replica_holds_the_tombstone() {
+    let steps = vec![
+        Step::Write {
+            key: 1,
+            via: 0,
+            mask: 7,
+            delete: false,
+        },
+        Step::Write {
+            key: 2,
+            via: 0,
+            mask: 7,
+            delete: false,
+        },
+        Step::Write {
+            key: 1,
+            via: 1,
+            mask: 1,
+            delete: true,
+        },
+        Step::Wait { ms: 500 },
+        Step::Gc { on: 0 },
+        Step::Wait { ms: 600 },
+        Step::Gc { on: 0 },
+    ];
+    let (rs, _) = run_schedule(&steps);
+    for r in &rs {
+        assert!(
+            !r.records.contains_key(&vec![1]),
+            "{} still holds the tombstone",
+            r.id
+        );
+        assert!(r.records.contains_key(&vec![2]));
+        assert_eq!(r.tree.root().map(|s| s.keys), Some(1));
+    }
 }
 
 fn live_dots(r: Option<&Record>) -> BTreeSet<Dot> {
