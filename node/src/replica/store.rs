@@ -7,7 +7,7 @@ use distkv_engine::{EngineStats, StorageEngine};
 
 use super::keys;
 use super::writer::{decode_stored, MergePolicy, StorageWriter};
-use super::{Incoming, Outcome};
+use super::{Incoming, MergeObserver, Outcome};
 use crate::error::NodeError;
 use crate::placement::TokenRange;
 use crate::version::{ConflictPolicy, Record};
@@ -41,16 +41,55 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
         node_id: &str,
         queue_depth: usize,
     ) -> Self {
+        Self::with_observer(
+            engine,
+            conflict,
+            max_siblings,
+            token_of,
+            node_id,
+            queue_depth,
+            None,
+        )
+    }
+
+    /// As [`ReplicaStore::new`], with an `observer` told of every record a merge
+    /// changes (the anti-entropy tree's upkeep; see [`MergeObserver`]).
+    pub fn with_observer(
+        engine: Arc<S>,
+        conflict: ConflictPolicy,
+        max_siblings: usize,
+        token_of: fn(&[u8]) -> u64,
+        node_id: &str,
+        queue_depth: usize,
+        observer: Option<Arc<dyn MergeObserver>>,
+    ) -> Self {
         let policy = MergePolicy {
             conflict,
             max_siblings: max_siblings.max(1),
         };
-        let writer = StorageWriter::spawn(engine.clone(), policy, node_id, queue_depth);
+        let writer = StorageWriter::spawn(engine.clone(), policy, observer, node_id, queue_depth);
         ReplicaStore {
             engine,
             writer,
             token_of,
         }
+    }
+
+    /// The token of a user key.
+    pub fn token_of(&self, key: &[u8]) -> u64 {
+        (self.token_of)(key)
+    }
+
+    /// Runs `f` on the storage writer thread between two merges: no merge, and no
+    /// [`MergeObserver`] call, happens while it runs, so a rebuild of the anti-entropy
+    /// tree can read a page of storage and count it without racing a write. Keep `f` to
+    /// one page: merges wait meanwhile. Refused like a merge when the writer's queue is
+    /// full.
+    pub async fn exclusive<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        self.writer.exclusive(f).await
     }
 
     /// The stored form of a user key.
