@@ -14,6 +14,7 @@
 pub mod exchange;
 pub mod gc;
 pub mod tree;
+pub mod upkeep;
 
 pub use exchange::{
     answer, DiffKind, Difference, Exchange, ExchangeError, ExchangeLimits, ExchangeStats, KeyHash,
@@ -23,6 +24,17 @@ pub use gc::{
     decide, Confirmation, GcDecision, GcInput, GcPolicy, KeepReason, PurgeGuard, TombstoneVersion,
 };
 pub use tree::{item_hash, HashTree, Position, Summary, TreeError, TreeShape};
+
+/// The tree's upkeep from the write path: give the store an
+/// `Arc<parking_lot::Mutex<HashTree>>` as its [`crate::replica::MergeObserver`]
+/// ([`crate::replica::ReplicaStore::with_observer`]).
+impl crate::replica::MergeObserver for parking_lot::Mutex<HashTree> {
+    fn merged(&self, key: &[u8], token: u64, old: Option<&Record>, new: &Record) {
+        self.lock().update(key, token, old, Some(new));
+    }
+}
+
+use crate::version::Record;
 
 #[cfg(test)]
 mod tests;
