@@ -12,10 +12,12 @@
 //! through, are compared key by key ([`Request::Keys`], paged).
 //!
 //! Bounds: one request in flight; at most `max_indexes_per_request` node indexes and
-//! `max_keys_per_page` keys per message; a round stops descending once it has found
-//! `max_differences_per_round` differing keys (the report then says `complete: false`
-//! and the next round finds the rest); the work queue holds at most one entry per tree
-//! node of the range.
+//! `max_keys_per_page` keys and `max_response_bytes` per message; a round stops
+//! descending once it has found `max_differences_per_round` differing keys (at most one
+//! page more; the report then says `complete: false` and the next round finds the
+//! rest); the work queue holds at most one entry per tree node of the range. A peer's
+//! key tokens are not trusted for anything but ordering: a key reported differing is
+//! pulled by key through the normal merge path.
 //!
 //! In-flight filter: a write may have reached one replica and not yet the other. A key
 //! found differing becomes a *suspect* in the caller's [`Suspects`] (one per peer and
@@ -130,6 +132,9 @@ pub struct ExchangeLimits {
     pub max_differences_per_round: usize,
     /// How long a suspect must keep differing before it is pulled (0: two rounds).
     pub settle_ms: u64,
+    /// Largest response accepted (estimated bytes, [`Response::approx_bytes`]); a
+    /// larger one is refused as malformed.
+    pub max_response_bytes: u64,
 }
 
 impl Default for ExchangeLimits {
@@ -139,6 +144,7 @@ impl Default for ExchangeLimits {
             max_keys_per_page: 1024,
             max_differences_per_round: 10_000,
             settle_ms: 0,
+            max_response_bytes: 8 << 20,
         }
     }
 }
@@ -452,7 +458,14 @@ impl Exchange {
         response: Response,
     ) -> Result<(), ExchangeError> {
         let in_flight = self.in_flight.take().ok_or(ExchangeError::Unexpected)?;
-        self.stats.bytes_received += response.approx_bytes();
+        let bytes = response.approx_bytes();
+        self.stats.bytes_received += bytes;
+        if bytes > self.limits.max_response_bytes {
+            return Err(ExchangeError::BadResponse(format!(
+                "a response of about {bytes} bytes, over the {} accepted (max_response_bytes)",
+                self.limits.max_response_bytes
+            )));
+        }
         match (in_flight, response) {
             (_, Response::NotReady) => Err(ExchangeError::PeerNotReady),
             (InFlight::Hashes { level, indexes }, Response::Hashes(remote)) => {

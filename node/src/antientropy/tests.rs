@@ -514,6 +514,19 @@ fn requests_and_responses_out_of_bounds_are_refused() {
         .unwrap_err()
         .to_string()
         .contains("empty page"));
+    // A response over the byte bound is refused before it is looked at.
+    let small = ExchangeLimits {
+        max_response_bytes: 100,
+        ..ExchangeLimits::default()
+    };
+    let mut ex = Exchange::new(range, &a.tree, small).unwrap();
+    ex.poll();
+    let big = Response::Keys {
+        entries: vec![e(lo, &[0; 200])],
+        more: false,
+    };
+    let err = ex.on_response(&a.tree, &a, big).unwrap_err().to_string();
+    assert!(err.contains("max_response_bytes"), "{err}");
 }
 
 #[test]
