@@ -29,8 +29,8 @@ pub use tree::{item_hash, HashTree, Position, Summary, TreeError, TreeShape};
 /// `Arc<parking_lot::Mutex<HashTree>>` as its [`crate::replica::MergeObserver`]
 /// ([`crate::replica::ReplicaStore::with_observer`]).
 impl crate::replica::MergeObserver for parking_lot::Mutex<HashTree> {
-    fn merged(&self, key: &[u8], token: u64, old: Option<&Record>, new: &Record) {
-        self.lock().update(key, token, old, Some(new));
+    fn merged(&self, key: &[u8], token: u64, old: Option<&Record>, new: Option<&Record>) {
+        self.lock().update(key, token, old, new);
     }
 }
 

@@ -171,4 +171,74 @@ mod tests {
             assert_eq!(e.hash, item_hash(&e.key, &records[&e.key]));
         }
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_through_the_store_deletes_only_the_confirmed_tombstone() {
+        use crate::antientropy::{PurgeGuard, TombstoneVersion};
+        let shape = super::super::TreeShape::new(4, 2).unwrap();
+        let tree = Arc::new(Mutex::new(HashTree::new(shape)));
+        let observer: Arc<dyn MergeObserver> = tree.clone();
+        let store = ReplicaStore::with_observer(
+            Arc::new(distkv_backends::MemoryEngine::ephemeral()),
+            ConflictPolicy::Siblings,
+            64,
+            HashRing::token,
+            "t",
+            64,
+            Some(observer),
+        );
+        let dot = |c| Dot {
+            actor: "a".into(),
+            counter: c,
+        };
+        let tomb = Record::write(dot(1), VersionVector::new(), 5, None);
+        store
+            .merge_repairs(vec![
+                (b"k".to_vec(), tomb.clone()),
+                (b"j".to_vec(), write(1, 1)),
+            ])
+            .await
+            .unwrap();
+        let guard = PurgeGuard {
+            key: b"k".to_vec(),
+            version: TombstoneVersion::of(b"k", &tomb).unwrap(),
+        };
+        // A write came in after the confirmations: the purge is cancelled.
+        let newer = Record::write(dot(2), tomb.context(), 6, Some(b"v".to_vec()));
+        store
+            .merge_repairs(vec![(b"k".to_vec(), newer)])
+            .await
+            .unwrap();
+        let g = guard.clone();
+        assert!(!store
+            .delete_if(b"k", move |r| g.still_current(r))
+            .await
+            .unwrap());
+        assert!(store.get(b"k").unwrap().is_some());
+        // The current tombstone, confirmed: deleted, and the tree follows.
+        let current = store.get(b"k").unwrap().unwrap();
+        let tomb2 = Record::write(dot(3), current.context(), 7, None);
+        store
+            .merge_repairs(vec![(b"k".to_vec(), tomb2)])
+            .await
+            .unwrap();
+        let held = store.get(b"k").unwrap().unwrap();
+        let guard = PurgeGuard {
+            key: b"k".to_vec(),
+            version: TombstoneVersion::of(b"k", &held).unwrap(),
+        };
+        assert!(store
+            .delete_if(b"k", move |r| guard.still_current(r))
+            .await
+            .unwrap());
+        assert_eq!(store.get(b"k").unwrap(), None);
+        assert!(
+            !store.delete_if(b"k", |_| true).await.unwrap(),
+            "nothing left to delete"
+        );
+        let j = store.get(b"j").unwrap().unwrap();
+        let expected =
+            HashTree::rebuild_from(shape, [(b"j".as_slice(), HashRing::token(b"j"), &j)]);
+        assert_eq!(*tree.lock(), expected);
+    }
 }

@@ -26,6 +26,7 @@ pub struct ReplicaStore<S: StorageEngine + ?Sized> {
     engine: Arc<S>,
     writer: StorageWriter,
     token_of: fn(&[u8]) -> u64,
+    observer: Option<Arc<dyn MergeObserver>>,
 }
 
 impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
@@ -67,11 +68,18 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
             conflict,
             max_siblings: max_siblings.max(1),
         };
-        let writer = StorageWriter::spawn(engine.clone(), policy, observer, node_id, queue_depth);
+        let writer = StorageWriter::spawn(
+            engine.clone(),
+            policy,
+            observer.clone(),
+            node_id,
+            queue_depth,
+        );
         ReplicaStore {
             engine,
             writer,
             token_of,
+            observer,
         }
     }
 
@@ -90,6 +98,43 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
         f: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, NodeError> {
         self.writer.exclusive(f).await
+    }
+
+    /// Deletes `key` if `still_current` holds for its stored record, checked on the
+    /// writer thread so that no merge comes in between the check and the delete: the
+    /// compare-and-delete of tombstone GC (phase 2; pass the guard's
+    /// `still_current`). Tells the observer `(old, None)`. Returns whether it deleted.
+    pub async fn delete_if(
+        &self,
+        key: &[u8],
+        still_current: impl FnOnce(Option<&Record>) -> bool + Send + 'static,
+    ) -> Result<bool, NodeError>
+    where
+        S: 'static,
+    {
+        let engine = self.engine.clone();
+        let observer = self.observer.clone();
+        let token = self.token_of(key);
+        let stored = keys::encode(token, key);
+        let key = key.to_vec();
+        self.writer
+            .exclusive(move || -> Result<bool, NodeError> {
+                let old = match engine.get(&stored)? {
+                    Some(bytes) => Some(decode_stored(&key, &bytes)?),
+                    None => None,
+                };
+                if old.is_none() || !still_current(old.as_ref()) {
+                    return Ok(false);
+                }
+                let mut batch = distkv_engine::WriteBatch::new();
+                batch.delete(stored);
+                engine.write(batch)?;
+                if let Some(o) = &observer {
+                    o.merged(&key, token, old.as_ref(), None);
+                }
+                Ok(true)
+            })
+            .await?
     }
 
     /// The stored form of a user key.

@@ -280,7 +280,7 @@ fn merge_and_write<S: StorageEngine + ?Sized>(
             let old = before.get(key).and_then(Option::as_ref);
             if *changed && old != Some(record) {
                 if let Some((token, user_key)) = keys::decode(key) {
-                    observer.merged(user_key, token, old, record);
+                    observer.merged(user_key, token, old, Some(record));
                 }
             }
         }
@@ -552,13 +552,13 @@ mod tests {
     struct Recorder(parking_lot::Mutex<Vec<Reported>>);
 
     /// One report: key, token, old record, new record.
-    type Reported = (Vec<u8>, u64, Option<Record>, Record);
+    type Reported = (Vec<u8>, u64, Option<Record>, Option<Record>);
 
     impl MergeObserver for Recorder {
-        fn merged(&self, key: &[u8], token: u64, old: Option<&Record>, new: &Record) {
+        fn merged(&self, key: &[u8], token: u64, old: Option<&Record>, new: Option<&Record>) {
             self.0
                 .lock()
-                .push((key.to_vec(), token, old.cloned(), new.clone()));
+                .push((key.to_vec(), token, old.cloned(), new.cloned()));
         }
     }
 
@@ -587,8 +587,8 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                (b"j".to_vec(), 7, None, a1.clone()),
-                (b"k".to_vec(), 7, None, k_both.clone()),
+                (b"j".to_vec(), 7, None, Some(a1.clone())),
+                (b"k".to_vec(), 7, None, Some(k_both.clone())),
             ]
         );
         // A duplicate delivery changes nothing and is not reported; a refused write
@@ -605,6 +605,7 @@ mod tests {
         let seen = std::mem::take(&mut *recorder.0.lock());
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!(seen[0].2.as_ref(), Some(&k_both));
-        assert_eq!(seen[0].3.siblings.len(), 3, "the third sibling was refused");
+        let new = seen[0].3.as_ref().expect("a merge never deletes");
+        assert_eq!(new.siblings.len(), 3, "the third sibling was refused");
     }
 }
