@@ -7,6 +7,17 @@
 //!   [`Suspects`]); [`answer`] is the peer's side.
 //! * [`gc`]: [`gc::decide`], the two-phase tombstone GC decision, and [`PurgeGuard`],
 //!   the compare-and-delete predicate.
+//! * [`upkeep`]: the link to [`crate::replica::ReplicaStore`]: the tree as the store's
+//!   [`crate::replica::MergeObserver`], key hashes read from storage, the background
+//!   rebuild ([`upkeep::rebuild`]).
+//!
+//! How a driver uses it: one `Arc<Mutex<HashTree>>` per node, given to the store with
+//! `ReplicaStore::with_observer` and rebuilt with [`upkeep::rebuild`] at start-up; every
+//! `antientropy.interval`, for each (peer, range) this node replicates, an [`Exchange`]
+//! round against the peer's [`answer`] (one RPC per request), then the keys of
+//! [`RoundReport::to_pull`] read from the peer and merged as repairs (and pushed for
+//! `MissingThere`), throttled by the bytes of [`ExchangeStats`]; for tombstones, a GC
+//! pass feeding [`gc::decide`] and executing its decision with `ReplicaStore::delete_if`.
 //!
 //! Nothing here does I/O, sleeps or reads a clock: the driver (RPCs, timers, throttle)
 //! passes `now` and carries the messages.
