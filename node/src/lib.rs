@@ -1,5 +1,6 @@
 //! The DistKV node: a coordinator over subsystems, each a struct with its own handles.
 //!
+//! * [`antientropy`]: hash trees, range comparison and tombstone GC (sans-IO).
 //! * [`api`]: public types and [`NodeSettings`], the one source of defaults.
 //! * [`coordinator`]: [`Node`], quorum reads and writes, read repair.
 //! * [`placement`]: the [`placement::Partitioner`] contract, the hash ring, token ranges,
@@ -16,6 +17,7 @@
 //!
 //! The binaries `distkv-server` and `distkv-client` live in `src/bin/`.
 
+pub mod antientropy;
 pub mod api;
 pub mod assembly;
 pub mod certs;

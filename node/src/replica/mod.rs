@@ -59,6 +59,18 @@ pub enum Refusal {
     },
 }
 
+/// Told of every change the replica's storage writer makes to a stored record (client
+/// writes, replication, read repair, hints, range pulls all merge through it; tombstone
+/// purges delete through it): the anti-entropy tree is kept current this way. Called on
+/// the storage writer thread, after the engine accepted the write, once per key whose
+/// record changed (a merge that changes nothing is not reported), so it must be quick
+/// and must not panic or block on storage.
+pub trait MergeObserver: Send + Sync {
+    /// `key` (a user key, at `token`) went from `old` to `new` (`None`: absent, i.e.
+    /// before its first write or after a purge).
+    fn merged(&self, key: &[u8], token: u64, old: Option<&Record>, new: Option<&Record>);
+}
+
 /// One record sent to a replica: the key, the record, and where it comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Incoming {

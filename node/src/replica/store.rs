@@ -7,7 +7,7 @@ use distkv_engine::{EngineStats, StorageEngine};
 
 use super::keys;
 use super::writer::{decode_stored, MergePolicy, StorageWriter};
-use super::{Incoming, Outcome};
+use super::{Incoming, MergeObserver, Outcome};
 use crate::error::NodeError;
 use crate::placement::TokenRange;
 use crate::version::{ConflictPolicy, Record};
@@ -26,6 +26,7 @@ pub struct ReplicaStore<S: StorageEngine + ?Sized> {
     engine: Arc<S>,
     writer: StorageWriter,
     token_of: fn(&[u8]) -> u64,
+    observer: Option<Arc<dyn MergeObserver>>,
 }
 
 impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
@@ -41,16 +42,99 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
         node_id: &str,
         queue_depth: usize,
     ) -> Self {
+        Self::with_observer(
+            engine,
+            conflict,
+            max_siblings,
+            token_of,
+            node_id,
+            queue_depth,
+            None,
+        )
+    }
+
+    /// As [`ReplicaStore::new`], with an `observer` told of every record a merge
+    /// changes (the anti-entropy tree's upkeep; see [`MergeObserver`]).
+    pub fn with_observer(
+        engine: Arc<S>,
+        conflict: ConflictPolicy,
+        max_siblings: usize,
+        token_of: fn(&[u8]) -> u64,
+        node_id: &str,
+        queue_depth: usize,
+        observer: Option<Arc<dyn MergeObserver>>,
+    ) -> Self {
         let policy = MergePolicy {
             conflict,
             max_siblings: max_siblings.max(1),
         };
-        let writer = StorageWriter::spawn(engine.clone(), policy, node_id, queue_depth);
+        let writer = StorageWriter::spawn(
+            engine.clone(),
+            policy,
+            observer.clone(),
+            node_id,
+            queue_depth,
+        );
         ReplicaStore {
             engine,
             writer,
             token_of,
+            observer,
         }
+    }
+
+    /// The token of a user key.
+    pub fn token_of(&self, key: &[u8]) -> u64 {
+        (self.token_of)(key)
+    }
+
+    /// Runs `f` on the storage writer thread between two merges: no merge, and no
+    /// [`MergeObserver`] call, happens while it runs, so a rebuild of the anti-entropy
+    /// tree can read a page of storage and count it without racing a write. Keep `f` to
+    /// one page: merges wait meanwhile. Refused like a merge when the writer's queue is
+    /// full.
+    pub async fn exclusive<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        self.writer.exclusive(f).await
+    }
+
+    /// Deletes `key` if `still_current` holds for its stored record, checked on the
+    /// writer thread so that no merge comes in between the check and the delete: the
+    /// compare-and-delete of tombstone GC (phase 2; pass the guard's
+    /// `still_current`). Tells the observer `(old, None)`. Returns whether it deleted.
+    pub async fn delete_if(
+        &self,
+        key: &[u8],
+        still_current: impl FnOnce(Option<&Record>) -> bool + Send + 'static,
+    ) -> Result<bool, NodeError>
+    where
+        S: 'static,
+    {
+        let engine = self.engine.clone();
+        let observer = self.observer.clone();
+        let token = self.token_of(key);
+        let stored = keys::encode(token, key);
+        let key = key.to_vec();
+        self.writer
+            .exclusive(move || -> Result<bool, NodeError> {
+                let old = match engine.get(&stored)? {
+                    Some(bytes) => Some(decode_stored(&key, &bytes)?),
+                    None => None,
+                };
+                if old.is_none() || !still_current(old.as_ref()) {
+                    return Ok(false);
+                }
+                let mut batch = distkv_engine::WriteBatch::new();
+                batch.delete(stored);
+                engine.write(batch)?;
+                if let Some(o) = &observer {
+                    o.merged(&key, token, old.as_ref(), None);
+                }
+                Ok(true)
+            })
+            .await?
     }
 
     /// The stored form of a user key.

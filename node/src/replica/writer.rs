@@ -16,7 +16,7 @@ use std::sync::Arc;
 use distkv_engine::{StorageEngine, WriteBatch};
 use tokio::sync::oneshot;
 
-use super::{Incoming, Origin, Outcome, Refusal};
+use super::{keys, Incoming, MergeObserver, Origin, Outcome, Refusal};
 use crate::error::NodeError;
 use crate::version::{ConflictPolicy, Record};
 
@@ -27,6 +27,12 @@ struct Job {
     /// Entries by stored key.
     entries: Vec<Incoming>,
     done: oneshot::Sender<Result<Vec<Outcome>, String>>,
+}
+
+/// What the writer thread is asked to do: merge, or run a closure between merges.
+enum Task {
+    Merge(Job),
+    Exclusive(Box<dyn FnOnce() + Send>),
 }
 
 /// What the writer applies to every merge.
@@ -45,23 +51,25 @@ pub(crate) struct MergePolicy {
 /// writes sheds them (the coordinator then keeps a hint or misses its quorum) instead
 /// of queueing without bound.
 pub(crate) struct StorageWriter {
-    tx: Result<mpsc::SyncSender<Job>, String>,
+    tx: Result<mpsc::SyncSender<Task>, String>,
     depth: usize,
 }
 
 impl StorageWriter {
-    /// Starts the writer thread of `storage` (named after the node, for debuggers).
+    /// Starts the writer thread of `storage` (named after the node, for debuggers);
+    /// `observer`, if any, is told of every key a merge changed (see [`MergeObserver`]).
     pub fn spawn<S: StorageEngine + ?Sized>(
         storage: Arc<S>,
         policy: MergePolicy,
+        observer: Option<Arc<dyn MergeObserver>>,
         node_id: &str,
         depth: usize,
     ) -> Self {
         let depth = depth.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Job>(depth);
+        let (tx, rx) = mpsc::sync_channel::<Task>(depth);
         let spawned = std::thread::Builder::new()
             .name(format!("storage-writer-{node_id}"))
-            .spawn(move || run(&*storage, policy, rx));
+            .spawn(move || run(&*storage, policy, observer.as_deref(), rx));
         let tx = match spawned {
             Ok(_) => Ok(tx),
             Err(e) => {
@@ -78,20 +86,8 @@ impl StorageWriter {
     /// entry (a client write that would grow its key past the sibling limit is refused
     /// and leaves the key as it was).
     pub async fn merge(&self, entries: Vec<Incoming>) -> Result<Vec<Outcome>, NodeError> {
-        let tx = self
-            .tx
-            .as_ref()
-            .map_err(|e| NodeError::Unavailable(e.clone()))?;
         let (done, rx) = oneshot::channel();
-        tx.try_send(Job { entries, done }).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => NodeError::Unavailable(format!(
-                "node overloaded: {} merges already wait for the storage writer; retry later or add nodes",
-                self.depth
-            )),
-            mpsc::TrySendError::Disconnected(_) => {
-                NodeError::Unavailable("storage writer has stopped (node shutting down)".into())
-            }
-        })?;
+        self.send(Task::Merge(Job { entries, done }))?;
         rx.await
             .map_err(|_| {
                 NodeError::Unavailable(
@@ -102,78 +98,164 @@ impl StorageWriter {
     }
 }
 
-fn run<S: StorageEngine + ?Sized>(storage: &S, policy: MergePolicy, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+impl StorageWriter {
+    /// Runs `f` on the writer thread between two merges and returns its result: no
+    /// merge (nor its observer call) runs meanwhile, so what `f` reads from storage is
+    /// consistent with what the observer has been told. Keep `f` short: merges wait.
+    pub async fn exclusive<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Task::Exclusive(Box::new(move || {
+            let _ = done.send(f());
+        })))?;
+        rx.await.map_err(|_| {
+            NodeError::Unavailable(
+                "storage writer dropped an exclusive task (it panicked, see the log, or the node is shutting down)".into(),
+            )
+        })
+    }
+
+    fn send(&self, task: Task) -> Result<(), NodeError> {
+        let tx = self
+            .tx
+            .as_ref()
+            .map_err(|e| NodeError::Unavailable(e.clone()))?;
+        tx.try_send(task).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => NodeError::Unavailable(format!(
+                "node overloaded: {} merges already wait for the storage writer; retry later or add nodes",
+                self.depth
+            )),
+            mpsc::TrySendError::Disconnected(_) => {
+                NodeError::Unavailable("storage writer has stopped (node shutting down)".into())
+            }
+        })
+    }
+}
+
+fn run<S: StorageEngine + ?Sized>(
+    storage: &S,
+    policy: MergePolicy,
+    observer: Option<&dyn MergeObserver>,
+    rx: mpsc::Receiver<Task>,
+) {
+    while let Ok(task) = rx.recv() {
+        let first = match task {
+            Task::Merge(job) => job,
+            Task::Exclusive(f) => {
+                run_exclusive(f);
+                continue;
+            }
+        };
         let mut count = first.entries.len();
         let mut jobs = vec![first];
+        let mut exclusive = None;
         while count < MAX_ENTRIES_PER_WRITE {
             match rx.try_recv() {
-                Ok(job) => {
+                Ok(Task::Merge(job)) => {
                     count += job.entries.len();
                     jobs.push(job);
+                }
+                Ok(Task::Exclusive(f)) => {
+                    exclusive = Some(f); // after this group, in queue order
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        match apply(storage, policy, &jobs) {
-            Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter();
-                for job in jobs {
-                    let mine = outcomes.by_ref().take(job.entries.len()).collect();
-                    let _ = job.done.send(Ok(mine));
-                }
-                continue;
-            }
-            Err(e) if jobs.len() == 1 => {
-                for job in jobs {
-                    let _ = job.done.send(Err(e.clone()));
-                }
-                continue;
-            }
-            Err(_) => {}
+        apply_group(storage, policy, observer, jobs);
+        if let Some(f) = exclusive {
+            run_exclusive(f);
         }
-        // One bad merge (say a stored record that cannot be decoded) must not fail the
-        // writes it happened to be grouped with: apply each on its own. Nothing of the
-        // group was written (the engine write is atomic), and merging is idempotent.
-        for job in jobs {
-            let result = apply(storage, policy, std::slice::from_ref(&job));
-            let _ = job.done.send(result);
+    }
+}
+
+fn run_exclusive(f: Box<dyn FnOnce() + Send>) {
+    if std::panic::catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!(
+            "an exclusive task panicked on the storage writer thread; the writer goes on"
+        );
+    }
+}
+
+fn apply_group<S: StorageEngine + ?Sized>(
+    storage: &S,
+    policy: MergePolicy,
+    observer: Option<&dyn MergeObserver>,
+    jobs: Vec<Job>,
+) {
+    match apply(storage, policy, observer, &jobs) {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            for job in jobs {
+                let mine = outcomes.by_ref().take(job.entries.len()).collect();
+                let _ = job.done.send(Ok(mine));
+            }
+            return;
         }
+        Err(e) if jobs.len() == 1 => {
+            for job in jobs {
+                let _ = job.done.send(Err(e.clone()));
+            }
+            return;
+        }
+        Err(_) => {}
+    }
+    // One bad merge (say a stored record that cannot be decoded) must not fail the
+    // writes it happened to be grouped with: apply each on its own. Nothing of the
+    // group was written (the engine write is atomic), and merging is idempotent.
+    for job in jobs {
+        let result = apply(storage, policy, observer, std::slice::from_ref(&job));
+        let _ = job.done.send(result);
     }
 }
 
 fn apply<S: StorageEngine + ?Sized>(
     storage: &S,
     policy: MergePolicy,
+    observer: Option<&dyn MergeObserver>,
     jobs: &[Job],
 ) -> Result<Vec<Outcome>, String> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| merge_and_write(storage, policy, jobs)))
-        .unwrap_or_else(|_| {
-            Err(NodeError::Unavailable(
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        merge_and_write(storage, policy, observer, jobs)
+    }))
+    .unwrap_or_else(|_| {
+        Err(NodeError::Unavailable(
             "storage engine panicked while applying a write (see the log); the write is not stored"
                 .into(),
         ))
-        })
-        .map_err(|e| e.to_string())
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Reads each key once, merges every incoming version of it, writes all changed keys
-/// in one engine write; returns the outcome of each entry, in order.
+/// in one engine write, then tells `observer` of each key whose record changed;
+/// returns the outcome of each entry, in order.
 fn merge_and_write<S: StorageEngine + ?Sized>(
     storage: &S,
     policy: MergePolicy,
+    observer: Option<&dyn MergeObserver>,
     jobs: &[Job],
 ) -> Result<Vec<Outcome>, NodeError> {
     let mut merged: HashMap<&[u8], (Record, bool)> = HashMap::new();
+    // The record each key held before this write (kept only for an observer).
+    let mut before: HashMap<&[u8], Option<Record>> = HashMap::new();
     let mut outcomes = Vec::new();
     for entry in jobs.iter().flat_map(|j| &j.entries) {
         let key = entry.key.as_slice();
         let (mut record, mut changed) = match merged.remove(key) {
             Some(r) => r,
-            None => match storage.get(key)? {
-                Some(bytes) => (decode_stored(key, &bytes)?, false),
-                None => (Record::default(), false),
-            },
+            None => {
+                let held = match storage.get(key)? {
+                    Some(bytes) => Some(decode_stored(key, &bytes)?),
+                    None => None,
+                };
+                if observer.is_some() {
+                    before.insert(key, held.clone());
+                }
+                (held.unwrap_or_default(), false)
+            }
         };
         let outcome = admit(&record, entry, policy);
         if outcome.is_ok() {
@@ -185,13 +267,23 @@ fn merge_and_write<S: StorageEngine + ?Sized>(
         merged.insert(key, (record, changed));
     }
     let mut batch = WriteBatch::new();
-    for (key, (record, changed)) in merged {
-        if changed {
+    for (key, (record, changed)) in &merged {
+        if *changed {
             batch.put(key.to_vec(), record.encode());
         }
     }
     if !batch.is_empty() {
         storage.write(batch)?;
+    }
+    if let Some(observer) = observer {
+        for (key, (record, changed)) in &merged {
+            let old = before.get(key).and_then(Option::as_ref);
+            if *changed && old != Some(record) {
+                if let Some((token, user_key)) = keys::decode(key) {
+                    observer.merged(user_key, token, old, Some(record));
+                }
+            }
+        }
     }
     Ok(outcomes)
 }
@@ -284,15 +376,24 @@ mod tests {
         policy: MergePolicy,
         jobs: Vec<Vec<Incoming>>,
     ) -> Vec<Result<Vec<Outcome>, String>> {
+        run_group_observed(storage, policy, None, jobs)
+    }
+
+    fn run_group_observed(
+        storage: &MemoryEngine,
+        policy: MergePolicy,
+        observer: Option<&dyn MergeObserver>,
+        jobs: Vec<Vec<Incoming>>,
+    ) -> Vec<Result<Vec<Outcome>, String>> {
         let (tx, rx) = mpsc::channel();
         let mut answers = Vec::new();
         for entries in jobs {
             let (done, answer) = oneshot::channel();
-            tx.send(Job { entries, done }).unwrap();
+            tx.send(Task::Merge(Job { entries, done })).unwrap();
             answers.push(answer);
         }
         drop(tx);
-        run(storage, policy, rx);
+        run(storage, policy, observer, rx);
         answers
             .into_iter()
             .map(|mut a| a.try_recv().expect("every job is answered"))
@@ -444,5 +545,67 @@ mod tests {
             assert_eq!(r, vec![Ok(vec![Ok(())])]);
         }
         assert_eq!(values(&storage, b"k"), vec![b"v4".to_vec()]);
+    }
+
+    /// Records what it is told.
+    #[derive(Default)]
+    struct Recorder(parking_lot::Mutex<Vec<Reported>>);
+
+    /// One report: key, token, old record, new record.
+    type Reported = (Vec<u8>, u64, Option<Record>, Option<Record>);
+
+    impl MergeObserver for Recorder {
+        fn merged(&self, key: &[u8], token: u64, old: Option<&Record>, new: Option<&Record>) {
+            self.0
+                .lock()
+                .push((key.to_vec(), token, old.cloned(), new.cloned()));
+        }
+    }
+
+    #[test]
+    fn the_observer_sees_each_changed_key_once_with_its_old_and_new_record() {
+        let storage = MemoryEngine::ephemeral();
+        let recorder = Recorder::default();
+        let stored = |k: &[u8]| keys::encode(7, k);
+        let a1 = record("a", 1, b"x");
+        let b1 = record("b", 1, b"y");
+        let incoming = |key: &[u8], record: Record| client(&stored(key), record);
+        // One group: two versions of k (reported once, from absent to both) and j.
+        run_group_observed(
+            &storage,
+            POLICY,
+            Some(&recorder),
+            vec![
+                vec![incoming(b"k", a1.clone())],
+                vec![incoming(b"k", b1.clone()), incoming(b"j", a1.clone())],
+            ],
+        );
+        let mut k_both = a1.clone();
+        k_both.merge(&b1);
+        let mut seen = std::mem::take(&mut *recorder.0.lock());
+        seen.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            seen,
+            vec![
+                (b"j".to_vec(), 7, None, Some(a1.clone())),
+                (b"k".to_vec(), 7, None, Some(k_both.clone())),
+            ]
+        );
+        // A duplicate delivery changes nothing and is not reported; a refused write
+        // neither; a real change reports the old record.
+        let more: Vec<Incoming> = (2..5)
+            .map(|i| incoming(b"k", record("c", i, b"z")))
+            .collect();
+        run_group_observed(
+            &storage,
+            POLICY,
+            Some(&recorder),
+            vec![vec![incoming(b"k", a1.clone())], more],
+        );
+        let seen = std::mem::take(&mut *recorder.0.lock());
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].2.as_ref(), Some(&k_both));
+        let new = seen[0].3.as_ref().expect("a merge never deletes");
+        assert_eq!(new.siblings.len(), 3, "the third sibling was refused");
     }
 }
