@@ -20,7 +20,7 @@ use crate::{HandlerError, NodeInfo, PeerError, PeerHandler, Transport};
 
 /// Calls peers over gRPC: one lazily connected, multiplexed channel per peer, which
 /// reconnects by itself. After a peer is found unreachable, calls to it fail at once for
-/// a back-off period (50 ms, doubling per consecutive failure, at most 5 s) instead of
+/// a back-off period (50 ms, doubling per consecutive failure, at most 1 s) instead of
 /// each paying for a connection attempt; the first call after the period tries again.
 /// The per-call timeout bounds every call, connection set-up included. A request whose
 /// encoded envelope exceeds the message limit (64 MiB unless set) fails with

@@ -1311,7 +1311,10 @@ mod tests {
             assert_eq!(load(None, flags).unwrap().config.cluster_name, "green");
             jail.set_env("DISTKV_CLUSTER_NAME", "has space");
             let msg = err_of(load(None, Flags::default()));
-            assert!(msg.contains("cluster_name") && msg.contains("without spaces"), "{msg}");
+            assert!(
+                msg.contains("cluster_name") && msg.contains("without spaces"),
+                "{msg}"
+            );
             jail.set_env("DISTKV_CLUSTER_NAME", "blue");
             jail.set_env("DISTKV_MEMBERSHIP__PHI_THRESHOLD", "0.5");
             let msg = err_of(load(None, Flags::default()));

@@ -160,13 +160,17 @@ pub async fn run(
             let membership =
                 GossipMembership::new(local.clone(), layout, options, std::time::Instant::now());
             membership
-                .check_identity(&transport, Duration::from_secs(2))
+                .check_identity(&transport, IDENTITY_CHECK_TIMEOUT)
                 .await
                 .map_err(|e| StartupError(e.to_string()))?;
             launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
         }
     }
 }
+
+/// How long the start-up identity check waits for each seed and each ping: a node whose
+/// peers are slow waits this long once before serving.
+const IDENTITY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A member of the layout never heard from by gossip this long after start is dead.
 const NEVER_HEARD_GRACE: Duration = Duration::from_secs(10);
