@@ -369,32 +369,39 @@ pub(crate) struct TableIter {
 impl EntryIter for TableIter {
     fn next_entry(&mut self) -> Result<Option<Entry>> {
         loop {
-            if self.data.is_none() {
+            let Some(data) = self.data.as_deref() else {
                 if self.block >= self.table.index.len() {
                     return Ok(None);
                 }
                 self.data = Some(self.table.data_block(self.block, &self.cache)?);
                 self.pos = 0;
-            }
-            let data = self.data.as_ref().map(Arc::clone).unwrap_or_default();
-            if self.pos >= data.len() {
+                continue;
+            };
+            let Some(rest) = data.get(self.pos..).filter(|r| !r.is_empty()) else {
                 self.data = None;
                 self.block += 1;
                 continue;
+            };
+            let mut c = Cursor::new(rest);
+            if !matches!(self.start, Bound::Unbounded) {
+                // Seeking: step over the keys before the start without decoding them.
+                let k = codec::skip_entry_key(&mut c)
+                    .ok_or_else(|| self.table.corrupt_entry(self.block))?;
+                let before_start = match &self.start {
+                    Bound::Included(s) => k < s.as_slice(),
+                    Bound::Excluded(s) => k <= s.as_slice(),
+                    Bound::Unbounded => false,
+                };
+                if before_start {
+                    self.pos += c.pos();
+                    continue;
+                }
+                self.start = Bound::Unbounded;
+                c = Cursor::new(rest);
             }
-            let mut c = Cursor::new(&data[self.pos..]);
             let e =
                 codec::decode_entry(&mut c).ok_or_else(|| self.table.corrupt_entry(self.block))?;
             self.pos += c.pos();
-            let before_start = match &self.start {
-                Bound::Included(k) => e.key < *k,
-                Bound::Excluded(k) => e.key <= *k,
-                Bound::Unbounded => false,
-            };
-            if before_start {
-                continue;
-            }
-            self.start = Bound::Unbounded;
             return Ok(Some(e));
         }
     }
