@@ -185,19 +185,27 @@ impl BenchEngine for Fjall {
         Ok(self.ks.get(key)?.map(|v| v.to_vec()))
     }
     fn seek_next(&self, start: &[u8], n: usize) -> anyhow::Result<usize> {
-        let mut count = 0;
+        // Owned copies, as DistKV's `StorageEngine::scan` returns (and as `get` above
+        // copies): the node needs owned keys and values from either engine.
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(n);
         for g in self.ks.range(start..).take(n) {
-            let (_k, _v) = g.into_inner()?;
-            count += 1;
+            let (k, v) = g.into_inner()?;
+            out.push((k.to_vec(), v.to_vec()));
         }
-        Ok(count)
+        Ok(out.len())
     }
     fn scan_range(&self, lo: &[u8], hi: &[u8]) -> anyhow::Result<(u64, u64)> {
         let (mut n, mut bytes) = (0, 0);
+        // Owned copies in pages of 1024, as DistKV returns them (see `seek_next`).
+        let mut page: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(1024);
         for g in self.ks.range(lo..hi) {
             let (k, v) = g.into_inner()?;
             n += 1;
             bytes += (k.len() + v.len()) as u64;
+            page.push((k.to_vec(), v.to_vec()));
+            if page.len() == 1024 {
+                page.clear();
+            }
         }
         Ok((n, bytes))
     }

@@ -21,6 +21,11 @@
 //! own counter), during fillrandom and the compactions it caused, over the user bytes;
 //! space amplification is the directory size over the user bytes of the live keys.
 
+/// The allocator `distkv-server` runs with (the engines allocate per entry read, so the
+/// allocator is part of what a read costs in production).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -18,6 +18,11 @@
 //! memtable, so the reads also merge a non-empty memtable. `run` prints the operations
 //! and the engine's block-cache hit rate; divide callgrind's total by `--ops`.
 
+/// The allocator `distkv-server` runs with (the engines allocate per entry read, so the
+/// allocator is part of what a read costs in production).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::time::Instant;
