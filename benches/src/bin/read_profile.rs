@@ -176,18 +176,20 @@ fn measure(db: &Lsm, a: &Args, rng: &mut StdRng) -> anyhow::Result<(u64, u64)> {
         "range" => {
             // One sixteenth of the key space, in pages of 1024 as range streaming reads.
             for n in 0..a.ops {
-                let (lo, hi) = if a.token_keys {
-                    let lo = (n % 16) << 60;
-                    (
-                        lo.to_be_bytes().to_vec(),
-                        (lo + (1 << 60)).to_be_bytes().to_vec(),
-                    )
+                let s = n % 16;
+                let mut r = if a.token_keys {
+                    let lo = (s << 60).to_be_bytes().to_vec();
+                    match s {
+                        15 => KeyRange {
+                            start: Bound::Included(lo),
+                            end: Bound::Unbounded,
+                        },
+                        _ => KeyRange::between(lo, ((s + 1) << 60).to_be_bytes().to_vec()),
+                    }
                 } else {
                     let w = 2 * a.keys / 16;
-                    let lo = (n % 16) * w;
-                    (key(lo).to_vec(), key(lo + w).to_vec())
+                    KeyRange::between(key(s * w).to_vec(), key((s + 1) * w).to_vec())
                 };
-                let mut r = KeyRange::between(lo, hi);
                 loop {
                     let page = db.scan(&r, 1024)?;
                     for (k, v) in &page {
