@@ -534,13 +534,22 @@ fn scans_across_levels_honour_shadowing_tombstones_bounds_and_limits() {
             write(&db, i, 2, i % 2 == 0);
         }
         assert!(files_in(&db, 0) + files_in(&db, 1) > 0);
-        assert!((2..7).map(|l| files_in(&db, l)).sum::<u64>() > 0, "no deep level");
+        assert!(
+            (2..7).map(|l| files_in(&db, l)).sum::<u64>() > 0,
+            "no deep level"
+        );
         let bounds = |i: u32, kind: u32| match kind {
             0 => Bound::Included(key(i)),
             1 => Bound::Excluded(key(i)),
             _ => Bound::Unbounded,
         };
-        for (lo, hi) in [(0, 4000), (995, 1410), (1199, 1201), (2599, 3100), (3990, 4100)] {
+        for (lo, hi) in [
+            (0, 4000),
+            (995, 1410),
+            (1199, 1201),
+            (2599, 3100),
+            (3990, 4100),
+        ] {
             for (sk, ek) in [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (0, 2), (1, 2)] {
                 for limit in [1, 11, 100, 5000] {
                     let range = KeyRange {
