@@ -15,6 +15,7 @@ mod background;
 mod cache;
 mod codec;
 mod compaction;
+mod filter;
 pub(crate) mod fuzz_hooks;
 mod manifest;
 mod memtable;
