@@ -44,7 +44,7 @@ fn reads(c: &mut Criterion) {
     c.bench_function("scan/seek_plus_10_next", |b| {
         b.iter(|| {
             i = (i + 7919) % N;
-            e.seek_next(&key(2 * i), 10).expect("scan")
+            e.seek_next(&key(2 * i), 11).expect("scan")
         })
     });
 }

@@ -36,8 +36,8 @@ pub fn value(i: u64, round: u64) -> Vec<u8> {
     v
 }
 
-/// The operations the comparison needs from an engine.
-pub trait BenchEngine {
+/// The operations the comparison needs from an engine. Shared by reader threads.
+pub trait BenchEngine: Sync {
     /// Name in the report.
     fn name(&self) -> String;
     /// One put.
@@ -46,8 +46,10 @@ pub trait BenchEngine {
     fn get(&self, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>>;
     /// Seek to `start` and read up to `n` entries; returns how many were read.
     fn seek_next(&self, start: &[u8], n: usize) -> anyhow::Result<usize>;
-    /// Waits for background flushes and compactions to finish (as far as the engine
-    /// lets one know).
+    /// Reads every entry with `lo <= key < hi`; returns (entries, key + value bytes).
+    fn scan_range(&self, lo: &[u8], hi: &[u8]) -> anyhow::Result<(u64, u64)>;
+    /// Writes the memtable out and waits for background flushes and compactions to
+    /// finish (as far as the engine lets one know).
     fn settle(&self) -> anyhow::Result<()>;
     /// A one-line summary of engine internals worth seeing in a benchmark log.
     fn describe(&self) -> String {
@@ -109,6 +111,22 @@ impl BenchEngine for DistkvLsm {
         };
         Ok(self.db.scan(&r, n)?.len())
     }
+    fn scan_range(&self, lo: &[u8], hi: &[u8]) -> anyhow::Result<(u64, u64)> {
+        // In pages of 1024, as the node's range streaming reads.
+        let (mut n, mut bytes) = (0, 0);
+        let mut r = KeyRange::between(lo, hi);
+        loop {
+            let page = self.db.scan(&r, 1024)?;
+            for (k, v) in &page {
+                n += 1;
+                bytes += (k.len() + v.len()) as u64;
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == 1024 => r = r.after(k),
+                _ => return Ok((n, bytes)),
+            }
+        }
+    }
     fn settle(&self) -> anyhow::Result<()> {
         self.db.flush_memtable()?;
         Ok(self.db.compact()?)
@@ -167,15 +185,35 @@ impl BenchEngine for Fjall {
         Ok(self.ks.get(key)?.map(|v| v.to_vec()))
     }
     fn seek_next(&self, start: &[u8], n: usize) -> anyhow::Result<usize> {
-        let mut count = 0;
+        // Owned copies, as DistKV's `StorageEngine::scan` returns (and as `get` above
+        // copies): the node needs owned keys and values from either engine.
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(n);
         for g in self.ks.range(start..).take(n) {
-            let (_k, _v) = g.into_inner()?;
-            count += 1;
+            let (k, v) = g.into_inner()?;
+            out.push((k.to_vec(), v.to_vec()));
         }
-        Ok(count)
+        Ok(out.len())
+    }
+    fn scan_range(&self, lo: &[u8], hi: &[u8]) -> anyhow::Result<(u64, u64)> {
+        let (mut n, mut bytes) = (0, 0);
+        // Owned copies in pages of 1024, as DistKV returns them (see `seek_next`).
+        let mut page: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(1024);
+        for g in self.ks.range(lo..hi) {
+            let (k, v) = g.into_inner()?;
+            n += 1;
+            bytes += (k.len() + v.len()) as u64;
+            page.push((k.to_vec(), v.to_vec()));
+            if page.len() == 1024 {
+                page.clear();
+            }
+        }
+        Ok((n, bytes))
     }
     fn settle(&self) -> anyhow::Result<()> {
         self.db.persist(fjall::PersistMode::Buffer)?;
+        // Like DistKV's settle: the memtable written out; the caller then waits until
+        // the process stops writing (compactions done).
+        self.ks.rotate_memtable_and_wait()?;
         Ok(())
     }
 }

@@ -478,3 +478,109 @@ fn one_open_engine_per_directory() {
     let again = Lsm::open(dir.path(), small(CompactionStrategy::Leveled)).unwrap();
     assert_eq!(again.get(&key(1)).unwrap(), Some(value(1, 0)));
 }
+
+/// The number of tables in `level`, from the engine's stats.
+fn files_in(db: &Lsm, level: usize) -> u64 {
+    match db.stats().get(&format!("level.{level}.files")) {
+        Some(distkv_engine::StatValue::U64(n)) => *n,
+        other => panic!("level.{level}.files: {other:?}"),
+    }
+}
+
+/// Scans whose sources are the memtable, L0 and several deeper levels at once, with
+/// newer versions and tombstones shadowing older ones in other levels, every kind of
+/// start and end bound, and limits that stop inside and across tables: each must equal
+/// the same scan of a `BTreeMap` holding what was written.
+#[test]
+fn scans_across_levels_honour_shadowing_tombstones_bounds_and_limits() {
+    use std::collections::BTreeMap;
+    use std::ops::Bound;
+
+    for compress_from_level in [0, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LsmOptions {
+            compress_from_level,
+            ..small(CompactionStrategy::Leveled)
+        };
+        let db = Lsm::open(dir.path(), opts).unwrap();
+        let mut model = BTreeMap::new();
+        let mut write = |db: &Lsm, i: u32, round: u32, delete: bool| {
+            let mut b = WriteBatch::new();
+            if delete {
+                b.delete(key(i));
+                model.remove(&key(i));
+            } else {
+                b.put(key(i), value(i, round));
+                model.insert(key(i), value(i, round));
+            }
+            db.write(b).unwrap();
+        };
+        // Round 0 settles into the deeper levels ...
+        for i in 0..4000 {
+            write(&db, i, 0, false);
+        }
+        db.flush_memtable().unwrap();
+        db.compact().unwrap();
+        // ... round 1 and deletions are flushed (to L0, or L1 if compacted by then) ...
+        for i in (1000..1400).step_by(3) {
+            write(&db, i, 1, false);
+        }
+        db.flush_memtable().unwrap();
+        for i in (1200..2600).step_by(5) {
+            write(&db, i, 1, true);
+        }
+        // ... and round 2 and more deletions in the memtable.
+        for i in (1100..3000).step_by(7) {
+            write(&db, i, 2, i % 2 == 0);
+        }
+        assert!(files_in(&db, 0) + files_in(&db, 1) > 0);
+        assert!(
+            (2..7).map(|l| files_in(&db, l)).sum::<u64>() > 0,
+            "no deep level"
+        );
+        let bounds = |i: u32, kind: u32| match kind {
+            0 => Bound::Included(key(i)),
+            1 => Bound::Excluded(key(i)),
+            _ => Bound::Unbounded,
+        };
+        for (lo, hi) in [
+            (0, 4000),
+            (995, 1410),
+            (1199, 1201),
+            (2599, 3100),
+            (3990, 4100),
+        ] {
+            for (sk, ek) in [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (0, 2), (1, 2)] {
+                for limit in [1, 11, 100, 5000] {
+                    let range = KeyRange {
+                        start: bounds(lo, sk),
+                        end: bounds(hi, ek),
+                    };
+                    let want: Vec<_> = model
+                        .range::<Vec<u8>, _>((range.start.clone(), range.end.clone()))
+                        .take(limit)
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    let got = db.scan(&range, limit).unwrap();
+                    assert_eq!(
+                        got, want,
+                        "compress_from_level {compress_from_level} range {range:?} limit {limit}"
+                    );
+                }
+            }
+        }
+        // Paging through everything with `after` yields the model exactly.
+        let mut range = KeyRange::all();
+        let mut all = Vec::new();
+        loop {
+            let page = db.scan(&range, 97).unwrap();
+            match page.last() {
+                Some((k, _)) => range = range.after(k),
+                None => break,
+            }
+            all.extend(page);
+        }
+        assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+        db.close().unwrap();
+    }
+}

@@ -6,11 +6,25 @@
 //!     [--csv PATH] [--dir PATH] [--engines leveled,size-tiered,simple,fjall] [--no-sweep]
 //!     [--lsm 'memtable_size_bytes = 33554432' ...]   (LsmOptions fields, TOML syntax)
 //! ```
-//! Keys are 16 bytes, values 100 bytes (half compressible), WAL sync off. Write
+//! Keys are 16 bytes, values 100 bytes (half compressible). Both engines get the same
+//! block-cache budget (`--cache-mb`, default 64) and the same durability: every write is
+//! in the operating system's page cache before it returns (it survives a crash of the
+//! process, not of the machine): DistKV with `sync = "never"` (the WAL file is written,
+//! not fsynced), fjall with its defaults (each write flushed from the journal buffer to
+//! the OS, no fsync). Reads run twice: right after the writes (memtables and L0 as the
+//! writes left them) and after both engines wrote their memtables out and compactions
+//! stopped, each with 1 and 2 reader threads: readrandom, readmissing, seek+10next (a
+//! seek and the 10 following entries, 11 in all), and rangescan (every entry of one
+//! sixteenth of the key space, MB/s of keys and values). Write
 //! amplification is bytes passed to `write(2)` by the process (`wchar` of
 //! `/proc/self/io`), plus what an engine wrote through memory maps (DistKV's WAL, by its
 //! own counter), during fillrandom and the compactions it caused, over the user bytes;
 //! space amplification is the directory size over the user bytes of the live keys.
+
+/// The allocator `distkv-server` runs with (the engines allocate per entry read, so the
+/// allocator is part of what a read costs in production).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::fs;
 use std::io::Write as _;
@@ -26,8 +40,11 @@ use rand::{Rng, SeedableRng};
 
 const USAGE: &str = "usage: engine-compare [--keys N] [--reads N] [--csv PATH] [--dir PATH]
     [--engines leveled,size-tiered,simple,fjall] [--no-sweep] [--lsm 'name = value' ...]
+    [--cache-mb N] [--threads 1,2]
   --keys N      keys written by fillseq/fillrandom (default 2000000)
   --reads N     gets per read workload (default min(keys, 1000000))
+  --cache-mb N  block cache of every engine, MiB (default 64)
+  --threads L   reader thread counts (default 1,2)
   --csv PATH    CSV output (default engine-compare.csv)
   --dir PATH    where the engines' directories are made (default the temp dir)
   --engines     which engines, in this order
@@ -41,6 +58,8 @@ struct Args {
     dir: PathBuf,
     engines: Vec<String>,
     sweep: bool,
+    cache_mb: u64,
+    threads: Vec<usize>,
     /// Base options of the DistKV engines (from `--lsm name=value`, TOML syntax).
     lsm: LsmOptions,
 }
@@ -55,6 +74,8 @@ fn parse_args() -> anyhow::Result<Args> {
             .map(String::from)
             .to_vec(),
         sweep: true,
+        cache_mb: 64,
+        threads: vec![1, 2],
         lsm: LsmOptions::default(),
     };
     let mut lsm_toml = String::new();
@@ -68,6 +89,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => a.dir = val()?.into(),
             "--engines" => a.engines = val()?.split(',').map(String::from).collect(),
             "--no-sweep" => a.sweep = false,
+            "--cache-mb" => a.cache_mb = val()?.parse()?,
+            "--threads" => {
+                a.threads = val()?
+                    .split(',')
+                    .map(|t| t.parse())
+                    .collect::<Result<_, _>>()?
+            }
             "--lsm" => {
                 lsm_toml.push_str(&val()?);
                 lsm_toml.push('\n');
@@ -80,6 +108,7 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     a.lsm = toml::from_str(&lsm_toml).context("--lsm options")?;
+    a.lsm.block_cache_bytes = a.cache_mb << 20;
     if a.reads == 0 {
         a.reads = a.keys.min(1_000_000);
     }
@@ -139,6 +168,8 @@ struct Row {
     write_amp: Option<f64>,
     read_amp: Option<f64>,
     space_amp: Option<f64>,
+    /// Key and value bytes read per second, for range scans.
+    mb_per_sec: Option<f64>,
 }
 
 impl Row {
@@ -179,7 +210,7 @@ fn open_engine(
         "leveled" => CompactionStrategy::Leveled,
         "size-tiered" => CompactionStrategy::SizeTiered,
         "simple" => CompactionStrategy::Simple,
-        "fjall" => return Ok(Box::new(Fjall::open(dir, 64 << 20)?)),
+        "fjall" => return Ok(Box::new(Fjall::open(dir, base.block_cache_bytes)?)),
         other => bail!("unknown engine {other}"),
     };
     let opts = LsmOptions {
@@ -233,39 +264,108 @@ fn run_engine(name: &str, a: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             e.put(&key(2 * i), &value(i, 1))
         })
     })?);
-    settle(e.as_ref())?;
-    let space = dir_size(dir.path()) as f64 / (n as f64 * ENTRY_BYTES);
+    for state in ["fresh", "settled"] {
+        if state == "settled" {
+            settle(e.as_ref())?;
+        }
+        let space = dir_size(dir.path()) as f64 / (n as f64 * ENTRY_BYTES);
+        eprintln!("  {label:<12} {state}: {}", e.describe());
+        for &threads in &a.threads {
+            read_phases(e.as_ref(), &label, state, threads, a, space, rows)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ops` operations split over `threads` threads, each with its own random
+/// generator; `f(rng)` does one operation.
+fn parallel(
+    threads: usize,
+    ops: u64,
+    seed: u64,
+    f: impl Fn(&mut StdRng) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                let f = &f;
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(seed ^ ((t + 1) * 0x9E37_79B9));
+                    let mine = ops / threads as u64 + u64::from(t < ops % threads as u64);
+                    (0..mine).try_for_each(|_| f(&mut rng))
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("reader thread panicked"))?
+        })
+    })
+}
+
+/// The read workloads on `e` as it is now (`state`: fresh or settled), `threads` readers.
+fn read_phases(
+    e: &dyn BenchEngine,
+    label: &str,
+    state: &str,
+    threads: usize,
+    a: &Args,
+    space: f64,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let n = a.keys;
     let reads = a.reads;
-    let probe = |e: &dyn BenchEngine| e.read_amplification();
-    let mut row = timed(&label, "readrandom", reads, || {
-        for _ in 0..reads {
+    let name = |w: &str| format!("{w}/{state}/t{threads}");
+    let mut row = timed(label, &name("readrandom"), reads, || {
+        parallel(threads, reads, 1, |rng| {
             let i = rng.random_range(0..n);
             if e.get(&key(2 * i))?.is_none() {
                 bail!("{label}: key {i} missing");
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
-    row.read_amp = probe(e.as_ref());
+    row.read_amp = e.read_amplification();
     row.space_amp = Some(space);
     rows.push(row);
-    rows.push(timed(&label, "readmissing", reads, || {
-        for _ in 0..reads {
+    rows.push(timed(label, &name("readmissing"), reads, || {
+        parallel(threads, reads, 2, |rng| {
             let i = rng.random_range(0..n);
             if e.get(&key(2 * i + 1))?.is_some() {
                 bail!("{label}: never-written key {i} found");
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?);
     let seeks = (reads / 10).max(1);
-    rows.push(timed(&label, "seek+10next", seeks, || {
-        for _ in 0..seeks {
+    rows.push(timed(label, &name("seek+10next"), seeks, || {
+        parallel(threads, seeks, 3, |rng| {
             let i = rng.random_range(0..n);
-            e.seek_next(&key(2 * i), 10)?;
-        }
-        Ok(())
+            e.seek_next(&key(2 * i), 11)?;
+            Ok(())
+        })
     })?);
+    // Range scans: each scan reads one sixteenth of the keys (as a node streams one
+    // token range); the threads share out the sixteen, so the whole store is read once.
+    let scans = 16;
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let mut row = timed(label, &name("rangescan"), scans, || {
+        parallel(threads, scans, 4, |_| {
+            let w = 2 * n / 16;
+            let s = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 16;
+            let (_, b) = e.scan_range(&key(s * w), &key((s + 1) * w))?;
+            bytes.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        })
+    })?;
+    row.mb_per_sec = Some(bytes.into_inner() as f64 / row.secs / 1e6);
+    eprintln!(
+        "  {label:<12} {:<24} {:>12.1} MB/s",
+        row.workload,
+        row.mb_per_sec.unwrap_or(0.0)
+    );
+    rows.push(row);
     Ok(())
 }
 
@@ -345,50 +445,72 @@ fn main() -> anyhow::Result<()> {
     };
 
     println!(
-        "\n| engine | workload | ops | ops/s | write amp | read amp (tables/get) | space amp |"
+        "\n{} keys of 16 B, 100 B values; {} reads per read workload; block cache {} MiB \
+         for every engine (DistKV: decompressed data blocks, index and Bloom filters held \
+         beside it; fjall: data, index and filter blocks in one cache, some pinned). \
+         Durability, both engines: a write returns once it is in the OS page cache (WAL / \
+         journal written, not fsynced): it survives a process crash, not a power loss. \
+         fresh = right after the writes; settled = memtables written out, compactions done.",
+        a.keys, a.reads, a.cache_mb
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "\n| engine | workload | ops | ops/s | MB/s | write amp | read amp (tables/get) | space amp |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
             r.engine,
             r.workload,
             r.ops,
             r.ops_per_sec(),
+            fmt_opt(r.mb_per_sec),
             fmt_opt(r.write_amp),
             fmt_opt(r.read_amp),
             fmt_opt(r.space_amp)
         );
     }
-    let fjall = |w: &str| {
-        rows.iter()
-            .find(|r| r.engine == "fjall" && r.workload == w)
-            .map(Row::ops_per_sec)
-    };
-    println!("\n| engine | fillrandom vs fjall | readrandom vs fjall | readmissing vs fjall |");
-    println!("|---|---:|---:|---:|");
-    for eng in rows
+    let engines: Vec<String> = rows
         .iter()
         .map(|r| r.engine.clone())
         .filter(|e| e != "fjall")
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let ratio = |w: &str| {
-            let mine = rows
-                .iter()
-                .find(|r| r.engine == eng && r.workload == w)
-                .map(Row::ops_per_sec);
-            match (mine, fjall(w)) {
-                (Some(m), Some(f)) => format!("{:.2}x", m / f),
-                _ => "-".into(),
+        .fold(Vec::new(), |mut v, e| {
+            if !v.contains(&e) {
+                v.push(e);
             }
-        };
+            v
+        });
+    let workloads: Vec<String> = rows.iter().fold(Vec::new(), |mut v, r| {
+        if !v.contains(&r.workload) {
+            v.push(r.workload.clone());
+        }
+        v
+    });
+    if rows.iter().any(|r| r.engine == "fjall") && !engines.is_empty() {
         println!(
-            "| {eng} | {} | {} | {} |",
-            ratio("fillrandom"),
-            ratio("readrandom"),
-            ratio("readmissing")
+            "\n| workload | {} |",
+            engines
+                .iter()
+                .map(|e| format!("{e} vs fjall"))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
+        println!("|---|{}", "---:|".repeat(engines.len()));
+        let speed = |eng: &str, w: &str| {
+            rows.iter()
+                .find(|r| r.engine == eng && r.workload == w)
+                .map(Row::ops_per_sec)
+        };
+        for w in &workloads {
+            let cells: Vec<String> = engines
+                .iter()
+                .map(|eng| match (speed(eng, w), speed("fjall", w)) {
+                    (Some(m), Some(f)) => format!("{:.2}x", m / f),
+                    _ => "-".into(),
+                })
+                .collect();
+            println!("| {w} | {} |", cells.join(" | "));
+        }
     }
     if !sweep.is_empty() {
         println!("\n| bloom_fpr | measured FPR | bits/key | readmissing ops/s |");
@@ -402,12 +524,12 @@ fn main() -> anyhow::Result<()> {
     }
     let mut csv =
         fs::File::create(&a.csv).with_context(|| format!("creating {}", a.csv.display()))?;
-    writeln!(csv, "section,engine,workload,ops,secs,ops_per_sec,write_amp,read_amp,space_amp,bloom_fpr,measured_fpr,bits_per_key")?;
+    writeln!(csv, "section,engine,workload,ops,secs,ops_per_sec,write_amp,read_amp,space_amp,bloom_fpr,measured_fpr,bits_per_key,mb_per_sec")?;
     for r in &rows {
         let o = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.4}"));
         writeln!(
             csv,
-            "engine,{},{},{},{:.3},{:.0},{},{},{},,,",
+            "engine,{},{},{},{:.3},{:.0},{},{},{},,,,{}",
             r.engine,
             r.workload,
             r.ops,
@@ -415,13 +537,14 @@ fn main() -> anyhow::Result<()> {
             r.ops_per_sec(),
             o(r.write_amp),
             o(r.read_amp),
-            o(r.space_amp)
+            o(r.space_amp),
+            o(r.mb_per_sec)
         )?;
     }
     for s in &sweep {
         writeln!(
             csv,
-            "bloom,lsm-leveled,readmissing,,,{:.0},,,,{},{:.5},{:.3}",
+            "bloom,lsm-leveled,readmissing,,,{:.0},,,,{},{:.5},{:.3},",
             s.ops_per_sec, s.fpr, s.measured_fpr, s.bits_per_key
         )?;
     }

@@ -16,7 +16,7 @@ use super::memtable::MemIter;
 use super::merge::{EntryIter, MergeIter, NewestVersions};
 use super::sstable::{table_path, Table, TableBuilder, TableSettings};
 use super::wal::{self, wal_path};
-use super::{bump, remove_file, Inner, SuperVersion, SyncPolicy};
+use super::{bump, remove_file, table_settings, Inner, SuperVersion, SyncPolicy};
 use crate::{Error, Result};
 
 /// Writes every entry of `it` to table `id` and returns its metadata.
@@ -164,7 +164,7 @@ impl Inner {
         if !imm.is_empty() {
             let id = self.next_file.fetch_add(1, Ordering::Relaxed);
             let it = NewestVersions::new(MemIter::new(imm.clone(), Bound::Unbounded), u64::MAX);
-            let meta = write_table(&self.dir, id, self.settings, it)?;
+            let meta = write_table(&self.dir, id, table_settings(&self.opts, 0), it)?;
             wal::sync_dir(&self.dir)?;
             new_tables.push(Arc::new(Table::open(&self.dir, id)?));
             bump(&self.stats.flushed_bytes, meta.size);
@@ -257,7 +257,11 @@ impl Inner {
                 None => {
                     let id = self.next_file.fetch_add(1, Ordering::Relaxed);
                     created.push(id);
-                    builder.insert(TableBuilder::create(&self.dir, id, self.settings)?)
+                    builder.insert(TableBuilder::create(
+                        &self.dir,
+                        id,
+                        table_settings(&self.opts, task.output_level),
+                    )?)
                 }
             };
             b.add(&e)?;

@@ -39,6 +39,7 @@ pub fn policy_for(options: &LsmOptions) -> Box<dyn CompactionPolicy> {
             level1_bytes: options.level1_max_bytes,
             ratio: options.level_size_ratio,
             max_levels: options.max_levels,
+            compress_from_level: options.compress_from_level,
         }),
         CompactionStrategy::SizeTiered => Box::new(SizeTiered {
             min_threshold: options.min_threshold,
@@ -98,6 +99,9 @@ pub struct Leveled {
     pub ratio: u64,
     /// Levels including L0.
     pub max_levels: usize,
+    /// First level whose tables are compressed: a file is never moved into it from
+    /// above without being rewritten, or raw tables would stay in compressed levels.
+    pub compress_from_level: usize,
 }
 
 impl Leveled {
@@ -152,7 +156,7 @@ impl CompactionPolicy for Leveled {
             .filter(|f| f.overlaps(lo, hi))
             .collect();
         let mut inputs: Vec<(usize, u64)> = picked.iter().map(|f| (level, f.id)).collect();
-        if below.is_empty() && picked.len() == 1 {
+        if below.is_empty() && picked.len() == 1 && level + 1 != self.compress_from_level {
             return Some(CompactionTask {
                 inputs,
                 output_level: level + 1,
@@ -274,6 +278,7 @@ mod tests {
             level1_bytes: 1000,
             ratio: 10,
             max_levels: 7,
+            compress_from_level: 0,
         }
     }
 
@@ -315,6 +320,34 @@ mod tests {
                 split_output: false
             }
         );
+    }
+
+    #[test]
+    fn leveled_rewrites_a_file_moving_into_the_first_compressed_level() {
+        let v = version(vec![
+            (1, f(1, "a", "c", 600)),
+            (1, f(2, "d", "f", 600)),
+            (2, f(3, "x", "z", 10)),
+        ]);
+        let p = Leveled {
+            compress_from_level: 2,
+            ..leveled()
+        };
+        let t = p.pick(&v).unwrap();
+        assert_eq!(
+            t,
+            CompactionTask {
+                inputs: vec![(1, 1)],
+                output_level: 2,
+                trivial_move: false,
+                split_output: true
+            }
+        );
+        let deeper = Leveled {
+            compress_from_level: 1,
+            ..leveled()
+        };
+        assert!(deeper.pick(&v).unwrap().trivial_move);
     }
 
     #[test]

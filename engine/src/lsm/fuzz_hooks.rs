@@ -46,7 +46,7 @@ pub fn sstable(data: &[u8]) -> Option<usize> {
     let (index, bloom, _) = parse_table(path, data).ok()?;
     let mut entries = 0;
     for ie in &index {
-        let _ = bloom.check(&ie.last_key);
+        let _ = bloom.may_contain(&ie.last_key);
         let block = read_block(path, data, ie.offset, ie.len).ok()?;
         entries += data_block(&block)?;
     }

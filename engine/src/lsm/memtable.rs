@@ -181,8 +181,13 @@ pub(crate) struct MemIter {
     start: Bound<Vec<u8>>,
     started: bool,
     done: bool,
+    /// Entries copied by the next refill: small at first, since a short scan (seek + a
+    /// few next) would otherwise copy many entries, keys and values, it never returns.
+    chunk: usize,
 }
 
+/// Entries copied by the first refill, and the most copied by any refill.
+const FIRST_CHUNK: usize = 8;
 const CHUNK: usize = 128;
 
 impl MemIter {
@@ -194,21 +199,24 @@ impl MemIter {
             start,
             started: false,
             done: false,
+            chunk: FIRST_CHUNK,
         }
     }
 
     fn refill(&mut self) {
+        let chunk = self.chunk;
+        self.chunk = (chunk * 2).min(CHUNK);
         if !self.started {
             self.started = true;
             match &self.start {
-                Bound::Unbounded => self.mem.chunk(Bound::Unbounded, CHUNK, &mut self.buf),
+                Bound::Unbounded => self.mem.chunk(Bound::Unbounded, chunk, &mut self.buf),
                 Bound::Included(k) => {
                     let probe = InternalKey {
                         user: UserKey::from_slice(k),
                         seq: u64::MAX,
                     };
                     self.mem
-                        .chunk(Bound::Included(&probe), CHUNK, &mut self.buf)
+                        .chunk(Bound::Included(&probe), chunk, &mut self.buf)
                 }
                 Bound::Excluded(k) => {
                     let probe = InternalKey {
@@ -216,11 +224,11 @@ impl MemIter {
                         seq: 0,
                     };
                     self.mem
-                        .chunk(Bound::Excluded(&probe), CHUNK, &mut self.buf)
+                        .chunk(Bound::Excluded(&probe), chunk, &mut self.buf)
                 }
             }
         } else if let Some(last) = self.resume.take() {
-            self.mem.chunk(Bound::Excluded(&last), CHUNK, &mut self.buf);
+            self.mem.chunk(Bound::Excluded(&last), chunk, &mut self.buf);
         }
         match self.buf.back() {
             Some(e) => {

@@ -15,6 +15,7 @@ mod background;
 mod cache;
 mod codec;
 mod compaction;
+mod filter;
 pub(crate) mod fuzz_hooks;
 mod manifest;
 mod memtable;
@@ -89,7 +90,6 @@ pub(crate) struct Inner {
     dir: PathBuf,
     opts: LsmOptions,
     policy: Box<dyn CompactionPolicy>,
-    settings: TableSettings,
     sv: RwLock<Arc<SuperVersion>>,
     /// Highest sequence number whose batch is wholly applied: what new readers see.
     visible_seq: AtomicU64,
@@ -213,11 +213,6 @@ impl Lsm {
             }
         }
         wal_ids.sort_unstable();
-        let settings = TableSettings {
-            block_size: options.block_size_bytes as usize,
-            compression_level: options.compression_level,
-            bloom_fpr: options.bloom_fpr,
-        };
         let mut tables = HashMap::new();
         for (_, f) in state.version.files() {
             tables.insert(f.id, Arc::new(Table::open(dir, f.id)?));
@@ -250,7 +245,7 @@ impl Lsm {
                 MemIter::new(recovered, std::ops::Bound::Unbounded),
                 u64::MAX,
             );
-            let meta = background::write_table(dir, id, settings, it)?;
+            let meta = background::write_table(dir, id, table_settings(&options, 0), it)?;
             tables.insert(id, Arc::new(Table::open(dir, id)?));
             wal::sync_dir(dir)?;
             state.apply(&Edit {
@@ -270,7 +265,6 @@ impl Lsm {
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             policy: compaction::policy_for(&options),
-            settings,
             sv: RwLock::new(Arc::new(SuperVersion {
                 mem: Arc::new(MemTable::new(wal_id)),
                 imms: Vec::new(),
@@ -332,6 +326,16 @@ impl Lsm {
     pub fn compact(&self) -> Result<()> {
         self.inner.check_open()?;
         self.inner.wait_for_compactions()
+    }
+}
+
+/// How a table written to `level` is built (see [`LsmOptions::compress_from_level`]).
+fn table_settings(opts: &LsmOptions, level: usize) -> TableSettings {
+    let raw = opts.compaction == CompactionStrategy::Leveled && level < opts.compress_from_level;
+    TableSettings {
+        block_size: opts.block_size_bytes as usize,
+        compression_level: if raw { 0 } else { opts.compression_level },
+        bloom_fpr: opts.bloom_fpr,
     }
 }
 

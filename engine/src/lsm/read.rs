@@ -1,6 +1,5 @@
 //! The read path: point lookups and range scans over a consistent snapshot.
 
-use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -103,28 +102,21 @@ impl Inner {
         let (seq, sv) = self.snapshot();
         let mut sources: Vec<Box<dyn EntryIter>> = Vec::new();
         for m in std::iter::once(&sv.mem).chain(sv.imms.iter()) {
-            sources.push(Box::new(MemIter::new(m.clone(), range.start.clone())));
+            if !m.is_empty() {
+                sources.push(Box::new(MemIter::new(m.clone(), range.start.clone())));
+            }
         }
-        for (i, level) in sv.version.levels.iter().enumerate() {
-            let files: Vec<&Arc<FileMeta>> = level.iter().filter(|f| overlaps(range, f)).collect();
-            if i == 0 {
-                for f in files {
-                    sources.push(Box::new(
-                        sv.table(f.id)?
-                            .iter(range.start.clone(), self.cache.clone()),
-                    ));
-                }
-            } else if !files.is_empty() {
-                let tables = files
-                    .iter()
-                    .map(|f| sv.table(f.id).cloned())
-                    .collect::<Result<VecDeque<_>>>()?;
-                sources.push(Box::new(LevelIter {
-                    tables,
-                    current: None,
-                    start: range.start.clone(),
-                    cache: self.cache.clone(),
-                }));
+        for f in sv.version.levels.first().into_iter().flatten() {
+            if overlaps(range, f) {
+                sources.push(Box::new(
+                    sv.table(f.id)?
+                        .iter(range.start.clone(), self.cache.clone()),
+                ));
+            }
+        }
+        for level in 1..sv.version.levels.len() {
+            if let Some(it) = LevelIter::new(&sv, level, range, &self.cache) {
+                sources.push(Box::new(it));
             }
         }
         let mut it = NewestVersions::new(MergeIter::new(sources), seq);
@@ -144,12 +136,51 @@ impl Inner {
     }
 }
 
-/// Iterates the non-overlapping, key-ordered tables of one level, opening each lazily.
+/// Iterates the non-overlapping, key-ordered tables of one level from a start key,
+/// opening each table only when the previous one is exhausted and stopping at the first
+/// table that begins past the range's end: a scan seeks into one table per level
+/// rather than walking the level.
 struct LevelIter {
-    tables: VecDeque<Arc<Table>>,
+    sv: Arc<SuperVersion>,
+    level: usize,
+    /// Index in the level of the next table to open.
+    next: usize,
     current: Option<TableIter>,
+    /// The scan's start bound, used to seek in the first table only.
     start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
     cache: Arc<BlockCache>,
+}
+
+impl LevelIter {
+    /// An iterator over `level` of `sv` from `range`'s start, or `None` when no table of
+    /// the level overlaps `range`.
+    fn new(
+        sv: &Arc<SuperVersion>,
+        level: usize,
+        range: &KeyRange,
+        cache: &Arc<BlockCache>,
+    ) -> Option<LevelIter> {
+        let files = sv.version.levels.get(level)?;
+        let first = match &range.start {
+            Bound::Included(s) => files.partition_point(|f| f.largest < *s),
+            Bound::Excluded(s) => files.partition_point(|f| f.largest <= *s),
+            Bound::Unbounded => 0,
+        };
+        let f = files.get(first)?;
+        if !range.below_end(&f.smallest) {
+            return None;
+        }
+        Some(LevelIter {
+            sv: sv.clone(),
+            level,
+            next: first,
+            current: None,
+            start: range.start.clone(),
+            end: range.end.clone(),
+            cache: cache.clone(),
+        })
+    }
 }
 
 impl EntryIter for LevelIter {
@@ -161,10 +192,21 @@ impl EntryIter for LevelIter {
                 }
                 self.current = None;
             }
-            let Some(t) = self.tables.pop_front() else {
+            let files = self.sv.version.levels.get(self.level);
+            let Some(f) = files.and_then(|l| l.get(self.next)) else {
                 return Ok(None);
             };
-            self.current = Some(t.iter(self.start.clone(), self.cache.clone()));
+            let past_end = match &self.end {
+                Bound::Included(e) => f.smallest > *e,
+                Bound::Excluded(e) => f.smallest >= *e,
+                Bound::Unbounded => false,
+            };
+            if past_end {
+                return Ok(None);
+            }
+            self.next += 1;
+            let start = std::mem::replace(&mut self.start, Bound::Unbounded);
+            self.current = Some(self.sv.table(f.id)?.iter(start, self.cache.clone()));
         }
     }
 }

@@ -5,6 +5,8 @@
 //! length in front), the CRC covering the stored bytes and the kind. The index holds the
 //! last key, offset and length of each data block. The footer is
 //! `[bloom off u64][bloom len u64][index off u64][index len u64][version u32][crc u32][magic u64]`.
+//! Format 1 tables hold a `bloomfilter` crate filter (SipHash); format 2, written now,
+//! a [`KeyFilter`] (one XXH3 hash per key). Both are read.
 //! A table holds at most one version of each key, in key order.
 
 use std::cell::RefCell;
@@ -19,19 +21,22 @@ use memmap2::Mmap;
 
 use super::cache::BlockCache;
 use super::codec::{self, Cursor, Entry};
+use super::filter::KeyFilter;
 use super::manifest::FileMeta;
 use super::merge::EntryIter;
 use crate::{Error, Result};
 
 const MAGIC: u64 = 0x4453_4b56_5353_5431; // "DSKVSST1"
-const FORMAT_VERSION: u32 = 1;
+/// The format written: 2, with a [`KeyFilter`]. Format 1 (a `bloomfilter` crate filter)
+/// is still read.
+const FORMAT_VERSION: u32 = 2;
+const FORMAT_SIP_BLOOM: u32 = 1;
 const FOOTER_LEN: usize = 48;
 const TRAILER_LEN: usize = 5;
 const KIND_RAW: u8 = 0;
 const KIND_ZSTD: u8 = 1;
 /// Largest decompressed block accepted when reading (guards against absurd lengths).
 const MAX_BLOCK: usize = 64 << 20;
-const BLOOM_SEED: [u8; 32] = *b"distkv-lsm-bloom-seed-0123456789";
 
 thread_local! {
     /// zstd contexts are costly to create; each thread keeps one of each.
@@ -193,15 +198,10 @@ impl TableBuilder {
     /// Writes the filter, index and footer, fsyncs, and returns the file's metadata.
     pub fn finish(mut self) -> Result<FileMeta> {
         self.finish_block()?;
-        let mut bloom = Bloom::<[u8]>::new_for_fp_rate_with_seed(
-            self.key_ends.len().max(1),
-            self.settings.bloom_fpr,
-            &BLOOM_SEED,
-        )
-        .map_err(|e| Error::Other(format!("cannot build Bloom filter: {e}")))?;
+        let mut bloom = KeyFilter::with_rate(self.key_ends.len(), self.settings.bloom_fpr);
         let mut start = 0;
         for &end in &self.key_ends {
-            bloom.set(&self.key_bytes[start..end]);
+            bloom.insert(&self.key_bytes[start..end]);
             start = end;
         }
         let (bloom_off, bloom_len) = self.write_block(&bloom.to_bytes(), false)?;
@@ -248,6 +248,24 @@ impl TableBuilder {
     }
 }
 
+/// The key filter of a table, by format.
+pub(crate) enum Filter {
+    /// Format 1.
+    SipBloom(Bloom<[u8]>),
+    /// Format 2.
+    Xxh3(KeyFilter),
+}
+
+impl Filter {
+    /// False when `key` is certainly not in the table.
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        match self {
+            Filter::SipBloom(b) => b.check(key),
+            Filter::Xxh3(f) => f.may_contain(key),
+        }
+    }
+}
+
 pub(crate) struct IndexEntry {
     pub last_key: Vec<u8>,
     pub offset: u64,
@@ -260,7 +278,7 @@ pub(crate) struct Table {
     path: PathBuf,
     mmap: Mmap,
     index: Vec<IndexEntry>,
-    bloom: Bloom<[u8]>,
+    bloom: Filter,
     /// Size of the serialised Bloom filter, for statistics.
     pub bloom_bytes: u64,
 }
@@ -297,7 +315,7 @@ impl Table {
 
     /// False when the Bloom filter proves `key` absent.
     pub fn may_contain(&self, key: &[u8]) -> bool {
-        self.bloom.check(key)
+        self.bloom.may_contain(key)
     }
 
     /// Index of the first block whose last key is >= `key`.
@@ -369,32 +387,39 @@ pub(crate) struct TableIter {
 impl EntryIter for TableIter {
     fn next_entry(&mut self) -> Result<Option<Entry>> {
         loop {
-            if self.data.is_none() {
+            let Some(data) = self.data.as_deref() else {
                 if self.block >= self.table.index.len() {
                     return Ok(None);
                 }
                 self.data = Some(self.table.data_block(self.block, &self.cache)?);
                 self.pos = 0;
-            }
-            let data = self.data.as_ref().map(Arc::clone).unwrap_or_default();
-            if self.pos >= data.len() {
+                continue;
+            };
+            let Some(rest) = data.get(self.pos..).filter(|r| !r.is_empty()) else {
                 self.data = None;
                 self.block += 1;
                 continue;
+            };
+            let mut c = Cursor::new(rest);
+            if !matches!(self.start, Bound::Unbounded) {
+                // Seeking: step over the keys before the start without decoding them.
+                let k = codec::skip_entry_key(&mut c)
+                    .ok_or_else(|| self.table.corrupt_entry(self.block))?;
+                let before_start = match &self.start {
+                    Bound::Included(s) => k < s.as_slice(),
+                    Bound::Excluded(s) => k <= s.as_slice(),
+                    Bound::Unbounded => false,
+                };
+                if before_start {
+                    self.pos += c.pos();
+                    continue;
+                }
+                self.start = Bound::Unbounded;
+                c = Cursor::new(rest);
             }
-            let mut c = Cursor::new(&data[self.pos..]);
             let e =
                 codec::decode_entry(&mut c).ok_or_else(|| self.table.corrupt_entry(self.block))?;
             self.pos += c.pos();
-            let before_start = match &self.start {
-                Bound::Included(k) => e.key < *k,
-                Bound::Excluded(k) => e.key <= *k,
-                Bound::Unbounded => false,
-            };
-            if before_start {
-                continue;
-            }
-            self.start = Bound::Unbounded;
             return Ok(Some(e));
         }
     }
@@ -402,7 +427,7 @@ impl EntryIter for TableIter {
 
 /// The index, Bloom filter and filter size of the table whose bytes are `data`, checking
 /// the footer, index and filter checksums; every error names `path`.
-pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, Bloom<[u8]>, u64)> {
+pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, Filter, u64)> {
     let corrupt = |offset: usize, detail: &str| Error::Corruption {
         path: path.to_path_buf(),
         offset: offset as u64,
@@ -429,7 +454,7 @@ pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, 
     if crc32fast::hash(&footer[..36]) != crc {
         return Err(corrupt(foot_at, "SSTable footer checksum mismatch"));
     }
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_SIP_BLOOM {
         return Err(corrupt(
             foot_at + 32,
             &format!("unsupported SSTable format version {version}"),
@@ -437,7 +462,14 @@ pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, 
     }
     let bloom_raw = read_block(path, data, bloom_off, bloom_len)?;
     let bloom_bytes = bloom_raw.len() as u64;
-    let bloom = Bloom::from_bytes(bloom_raw).map_err(|e| corrupt(bloom_off as usize, e))?;
+    let bloom = if version == FORMAT_SIP_BLOOM {
+        Filter::SipBloom(Bloom::from_bytes(bloom_raw).map_err(|e| corrupt(bloom_off as usize, e))?)
+    } else {
+        Filter::Xxh3(
+            KeyFilter::from_bytes(&bloom_raw)
+                .ok_or_else(|| corrupt(bloom_off as usize, "malformed key filter"))?,
+        )
+    };
     let index_raw = read_block(path, data, index_off, index_len)?;
     let mut c = Cursor::new(&index_raw);
     let n = c
@@ -572,6 +604,85 @@ mod tests {
             }
             assert_eq!(n, 399);
         }
+    }
+
+    /// Rewrites table 7 of `dir` (built by `build`) as format 1 would have written it:
+    /// the same data and index blocks, a `bloomfilter` crate filter, version 1.
+    fn rewrite_as_format_1(dir: &Path, n: u32) {
+        let path = table_path(dir, 7);
+        let file = std::fs::read(&path).unwrap();
+        let mut c = Cursor::new(&file[file.len() - FOOTER_LEN..]);
+        let (bloom_off, _, index_off, index_len) = (
+            c.u64().unwrap(),
+            c.u64().unwrap(),
+            c.u64().unwrap(),
+            c.u64().unwrap(),
+        );
+        let mut bloom =
+            Bloom::<[u8]>::new_for_fp_rate_with_seed(n as usize, 0.01, &[7; 32]).unwrap();
+        for i in 0..n {
+            bloom.set(format!("k{i:05}").as_bytes());
+        }
+        let mut out = file[..bloom_off as usize].to_vec();
+        let mut block = bloom.to_bytes();
+        block.push(KIND_RAW);
+        let crc = crc32fast::hash(&block);
+        codec::put_u32(&mut block, crc);
+        let new_bloom_off = out.len() as u64;
+        out.extend_from_slice(&block);
+        let new_index_off = out.len() as u64;
+        out.extend_from_slice(&file[index_off as usize..(index_off + index_len) as usize]);
+        let mut footer = Vec::new();
+        for v in [new_bloom_off, block.len() as u64, new_index_off, index_len] {
+            codec::put_u64(&mut footer, v);
+        }
+        codec::put_u32(&mut footer, FORMAT_SIP_BLOOM);
+        let crc = crc32fast::hash(&footer);
+        codec::put_u32(&mut footer, crc);
+        codec::put_u64(&mut footer, MAGIC);
+        out.extend_from_slice(&footer);
+        std::fs::write(&path, out).unwrap();
+    }
+
+    #[test]
+    fn format_1_tables_with_sip_bloom_filters_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 3, 300);
+        rewrite_as_format_1(dir.path(), 300);
+        let t = Arc::new(Table::open(dir.path(), 7).unwrap());
+        assert!(matches!(t.bloom, Filter::SipBloom(_)));
+        let cache = Arc::new(BlockCache::new(1 << 20));
+        for i in (0..300).filter(|i| i % 10 != 3) {
+            let k = format!("k{i:05}");
+            assert!(t.may_contain(k.as_bytes()));
+            let e = t.get(k.as_bytes(), &cache).unwrap().unwrap();
+            assert_eq!(
+                e.value,
+                Value::Put(format!("value-{i}-{}", "x".repeat(20)).into_bytes())
+            );
+        }
+        let absent = (0..1000)
+            .filter(|i| t.may_contain(format!("nope{i}").as_bytes()))
+            .count();
+        assert!(absent < 60, "bloom false positives {absent}");
+        let mut it = t.iter(Bound::Unbounded, cache);
+        let mut n = 0;
+        while it.next_entry().unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 300);
+        // And a format the reader does not know is refused, naming the file.
+        let path = table_path(dir.path(), 7);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let foot = bytes.len() - FOOTER_LEN;
+        bytes[foot + 32..foot + 36].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[foot..foot + 36]);
+        bytes[foot + 36..foot + 40].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            Table::open(dir.path(), 7),
+            Err(Error::Corruption { path: p, .. }) if p == path
+        ));
     }
 
     #[test]
