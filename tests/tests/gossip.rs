@@ -116,6 +116,15 @@ async fn members_hear_each_other_and_a_killed_member_is_dead_then_back() -> anyh
 async fn a_second_process_with_a_live_node_id_is_refused_at_start_up() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    // The check asks the seeds what gossip knows of the id: wait until n1 heard n0.
+    let n0 = nodes[0].peer_addr.clone();
+    wait_until(
+        &nodes[1].addr,
+        Duration::from_secs(10),
+        "n0 heard",
+        |seen| seen.iter().any(|m| m.0 == n0 && heard(m)),
+    )
+    .await?;
     let address = format!("127.0.0.1:{}", free_port());
     let peer = format!("127.0.0.1:{}", free_port());
     let data = dir.path().join("impostor");
@@ -239,5 +248,108 @@ fn nodes_of_another_cluster_or_with_other_replication_settings_are_refused_on_bo
             "{line}"
         );
     }
+    Ok(())
+}
+
+/// The state (`normal`, `left`, ...) `node` gives the member with id `id`.
+async fn state_seen_by(node: &str, id: &str) -> anyhow::Result<Option<String>> {
+    let status = connect(node)
+        .await?
+        .status(StatusRequest {})
+        .await?
+        .into_inner();
+    Ok(status
+        .members
+        .into_iter()
+        .find(|m| m.node_id == id)
+        .map(|m| m.state))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_removed_everywhere_and_the_removal_survives_restarts() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
+    let victim = nodes[2].peer_addr.clone();
+
+    // A live node is not removed.
+    let alive = tokio::task::block_in_place(|| run_client(&addrs[0], &["remove-node", "n1"], None));
+    assert!(!alive.status.success());
+    assert!(stderr(&alive).contains("is alive"), "{}", stderr(&alive));
+
+    tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
+    wait_until(&addrs[0], Duration::from_secs(15), "n2 dead", |seen| {
+        seen.iter().any(|m| m.0 == victim && m.1 == "dead")
+    })
+    .await?;
+    let removed =
+        tokio::task::block_in_place(|| run_client(&addrs[0], &["remove-node", "n2"], None));
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    assert!(
+        distkv_tests::stdout(&removed).contains("layout version 2"),
+        "{}",
+        distkv_tests::stdout(&removed)
+    );
+    // n1 learns it by gossip and pulls the new layout.
+    let start = Instant::now();
+    while state_seen_by(&addrs[1], "n2").await?.as_deref() != Some("left") {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "n1 does not see n2 as left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "gossip: a removal reached the other node in {:?}",
+        start.elapsed()
+    );
+    // Two members serve QUORUM (W=2 of the two remaining replicas).
+    let put = tokio::task::block_in_place(|| {
+        run_client(
+            &addrs[1],
+            &["--consistency", "quorum", "put", "k", "v"],
+            None,
+        )
+    });
+    assert!(put.status.success(), "{}", stderr(&put));
+    let get = tokio::task::block_in_place(|| {
+        run_client(&addrs[0], &["--consistency", "quorum", "get", "k"], None)
+    });
+    assert_eq!(distkv_tests::stdout(&get).trim(), "v", "{}", stderr(&get));
+
+    // The removal is saved: n0 restarted still holds it.
+    tokio::task::block_in_place(|| nodes[0].signal("TERM"))?;
+    tokio::task::block_in_place(|| nodes[0].restart())?;
+    assert_eq!(
+        state_seen_by(&addrs[0], "n2").await?.as_deref(),
+        Some("left")
+    );
+
+    // The removed node, started again on its old data, learns it was removed, saves it,
+    // and refuses to start the next time.
+    tokio::task::block_in_place(|| nodes[2].restart())?;
+    tokio::task::block_in_place(|| {
+        let start = Instant::now();
+        while !nodes[2]
+            .log_text()
+            .contains("this node was removed from the cluster")
+        {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(15),
+                "the removed node did not learn it; log:\n{}",
+                nodes[2].log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::Ok(())
+    })?;
+    tokio::task::block_in_place(|| nodes[2].signal("TERM"))?;
+    let again = tokio::task::block_in_place(|| nodes[2].restart());
+    let err = format!("{:#}", again.expect_err("a removed node must not start"));
+    assert!(
+        err.contains("was removed from the cluster") && err.contains("wipe"),
+        "{err}"
+    );
     Ok(())
 }

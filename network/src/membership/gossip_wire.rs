@@ -4,10 +4,65 @@
 
 use distkv_proto::v1::{
     gossip_message::Kind, GossipAck, GossipAck2, GossipDigest, GossipDigestEntry,
-    GossipMessage as WireMessage, GossipNodeState,
+    GossipMessage as WireMessage, GossipNodeState, LayoutMember, LayoutMessage,
 };
 
 use super::gossip::{DigestEntry, GossipMessage, NodeState, ReplicationFingerprint};
+use super::{Layout, Member, MemberState};
+
+/// The wire form of a layout.
+pub fn encode_layout(layout: &Layout) -> LayoutMessage {
+    LayoutMessage {
+        version: layout.version(),
+        virtual_nodes: layout.virtual_nodes(),
+        members: layout
+            .members()
+            .iter()
+            .map(|m| LayoutMember {
+                id: m.id.clone(),
+                address: m.address.clone(),
+                state: m.state.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Decodes a peer's layout: at most `max_members` members, bounded strings, known
+/// states, unique ids.
+pub fn decode_layout(message: LayoutMessage, max_members: usize) -> Result<Layout, String> {
+    if message.members.len() > max_members {
+        return Err(format!(
+            "the layout has {} members, the limit is {max_members}",
+            message.members.len()
+        ));
+    }
+    let members = message
+        .members
+        .into_iter()
+        .map(|m| {
+            check_id("layout member id", &m.id)?;
+            check_str("layout member address", &m.address)?;
+            let state = match m.state.as_str() {
+                "joining" => MemberState::Joining,
+                "normal" => MemberState::Normal,
+                "leaving" => MemberState::Leaving,
+                "left" => MemberState::Left,
+                other => {
+                    return Err(format!(
+                        "layout member {:?} has the unknown state {other:?}",
+                        m.id
+                    ))
+                }
+            };
+            Ok(Member {
+                id: m.id,
+                address: m.address,
+                state,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Layout::new(message.version, message.virtual_nodes, members).map_err(|e| e.to_string())
+}
 
 /// Longest node id, address, cluster name, partitioner name or build string accepted in
 /// a gossip message, in bytes.
@@ -276,6 +331,39 @@ mod tests {
         for m in messages {
             assert_eq!(decode(encode(&m), LIMITS).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn layouts_round_trip_and_bad_ones_are_refused() {
+        let layout = Layout::new(
+            4,
+            16,
+            vec![
+                Member {
+                    id: "b".into(),
+                    address: "b:1".into(),
+                    state: MemberState::Left,
+                },
+                Member {
+                    id: "a".into(),
+                    address: "a:1".into(),
+                    state: MemberState::Normal,
+                },
+            ],
+        )
+        .unwrap();
+        let back = decode_layout(encode_layout(&layout), 8).unwrap();
+        assert_eq!(back, layout);
+        assert_eq!(back.digest(), layout.digest());
+        assert!(decode_layout(encode_layout(&layout), 1)
+            .unwrap_err()
+            .contains("2 members, the limit is 1"));
+        let mut bad = encode_layout(&layout);
+        bad.members[0].state = "zombie".into();
+        assert!(decode_layout(bad, 8).unwrap_err().contains("zombie"));
+        let mut twice = encode_layout(&layout);
+        twice.members[1].id = "a".into();
+        assert!(decode_layout(twice, 8).unwrap_err().contains("twice"));
     }
 
     #[test]

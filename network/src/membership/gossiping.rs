@@ -18,7 +18,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distkv_proto::v1::{GossipRequest, GossipResponse, PingRequest};
+use distkv_proto::v1::{
+    GossipRequest, GossipResponse, LayoutPullRequest, LayoutPullResponse, PingRequest,
+};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
@@ -30,8 +32,8 @@ use super::gossip::{
 use super::gossip_wire::{self, WireLimits};
 use super::layout::LayoutCell;
 use super::{
-    Contact, Layout, LayoutError, Liveness, LivenessView, Membership, MembershipEvent, NodeInfo,
-    EVENT_CAPACITY,
+    Contact, Layout, LayoutError, Liveness, LivenessView, MemberState, Membership, MembershipEvent,
+    NodeInfo, EVENT_CAPACITY,
 };
 use crate::{HandlerError, Transport, TransportExt};
 
@@ -91,6 +93,10 @@ pub struct GossipMembership {
     /// (member id, its layout digest) already reported as a conflict; bounded like the
     /// core's refusal memory (cleared when full).
     conflicts: Mutex<BTreeSet<(String, u64)>>,
+    /// The newest layout gossip announced and we have not pulled yet: (member, version,
+    /// digest). One slot: a newer announcement replaces it; a failed pull is retried
+    /// next round.
+    pull: Mutex<Option<(String, u64, u64)>>,
 }
 
 /// Most layout conflicts remembered to report each once.
@@ -137,6 +143,7 @@ impl GossipMembership {
             layout: LayoutCell::new(layout),
             events,
             conflicts: Mutex::new(BTreeSet::new()),
+            pull: Mutex::new(None),
         }
     }
 
@@ -258,13 +265,16 @@ impl GossipMembership {
                     id,
                     version,
                     digest,
-                } => tracing::warn!(
-                    peer = %id,
-                    version,
-                    digest = format_args!("{digest:016x}"),
-                    ours = self.layout.get().version(),
-                    "a member holds a newer layout; this node keeps its own until the change is applied to it"
-                ),
+                } => {
+                    tracing::info!(
+                        peer = %id,
+                        version,
+                        digest = format_args!("{digest:016x}"),
+                        ours = self.layout.get().version(),
+                        "a member holds a newer layout: pulling it"
+                    );
+                    *self.pull.lock() = Some((id, version, digest));
+                }
                 GossipEvent::Refused(refusal) => match refusal {
                     Refusal::LiveDuplicateId { .. } => tracing::error!("{refusal}"),
                     _ => tracing::warn!("{refusal}"),
@@ -375,6 +385,75 @@ impl GossipMembership {
             .into_iter()
             .map(|out| self.exchange(transport, out, timeout));
         futures::future::join_all(exchanges).await;
+        self.pull_layout(transport, timeout).await;
+    }
+
+    /// Pulls the layout gossip announced (if any) from the member that holds it and
+    /// installs it.
+    async fn pull_layout<T: Transport + ?Sized>(&self, transport: &T, timeout: Duration) {
+        let Some((id, version, digest)) = self.pull.lock().clone() else {
+            return;
+        };
+        if self.layout.get().version() >= version {
+            *self.pull.lock() = None;
+            return;
+        }
+        let Some(address) = self.core.lock().state(&id).map(|s| s.address.clone()) else {
+            return;
+        };
+        let to = NodeInfo {
+            id: id.clone(),
+            address,
+        };
+        let pulled = match transport.call(&to, LayoutPullRequest {}, timeout).await {
+            Ok(LayoutPullResponse {
+                layout: Some(layout),
+            }) => gossip_wire::decode_layout(layout, self.limits.max_entries),
+            Ok(LayoutPullResponse { layout: None }) => Err("the answer holds no layout".into()),
+            Err(e) => Err(e.to_string()),
+        };
+        let layout = match pulled {
+            Ok(layout) if layout.version() < version => {
+                // The member moved on or answered an older one: wait for the next news.
+                tracing::debug!(peer = %id, got = layout.version(), version, "pulled an older layout than announced");
+                layout
+            }
+            Ok(layout) if layout.version() == version && layout.digest() != digest => {
+                tracing::warn!(peer = %id, version, "the pulled layout does not match its gossiped digest; retrying next round");
+                return;
+            }
+            Ok(layout) => layout,
+            Err(reason) => {
+                tracing::warn!(peer = %id, version, "cannot pull the newer layout: {reason}; retrying next round");
+                return;
+            }
+        };
+        let (version, digest) = (layout.version(), layout.digest());
+        let leaves_us = layout
+            .member(&self.local.id)
+            .is_some_and(|m| m.state == MemberState::Left);
+        match self.layout.adopt(layout) {
+            Ok(Some(_)) => {
+                *self.pull.lock() = None;
+                self.core.lock().update_local(|s| {
+                    s.layout_version = version;
+                    s.layout_digest = digest;
+                });
+                self.publish(MembershipEvent::LayoutChanged { version });
+                if leaves_us {
+                    tracing::error!(
+                        version,
+                        "this node was removed from the cluster (layout version {version}): it no \
+                         longer owns data; stop it, and wipe its data directory before it joins again"
+                    );
+                }
+            }
+            Ok(None) => *self.pull.lock() = None,
+            Err(e) => {
+                *self.pull.lock() = None;
+                tracing::error!(peer = %id, "the pulled layout is refused: {e}");
+            }
+        }
     }
 }
 
@@ -508,6 +587,11 @@ mod tests {
                     .0
                     .handle_gossip(from, r, Instant::now())
                     .map(peer_response::Body::Gossip),
+                peer_request::Body::LayoutPull(_) => {
+                    Ok(peer_response::Body::LayoutPull(LayoutPullResponse {
+                        layout: Some(gossip_wire::encode_layout(&self.0.layout())),
+                    }))
+                }
                 _ => Err(HandlerError::Refused("not in this test".into())),
             }
         }
@@ -822,6 +906,56 @@ mod tests {
         );
         assert_eq!(lonely.liveness("ghost:1").liveness, Liveness::Dead);
         assert_eq!(lonely.liveness("x:1").liveness, Liveness::Alive);
+    }
+
+    #[tokio::test]
+    async fn a_layout_change_on_one_node_reaches_every_node_by_gossip_and_pull() {
+        let net = InMemoryNetwork::new();
+        let all = ids(5);
+        let nodes: Vec<TestNode> = all
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                start(
+                    &net,
+                    id,
+                    layout_of(&all),
+                    options("c", 1 + i as u64, &[&all[0]]),
+                )
+            })
+            .collect();
+        for _ in 0..4 {
+            round_all(&nodes).await;
+        }
+        let mut events = nodes[3].m.subscribe();
+        // Node 1 removes node 4, then node 2 (after learning it) removes node 3: two
+        // versions, so a node that missed the first pulls only the newest.
+        let v2 = crate::plan_removal(&nodes[1].m.layout(), &all[4], true).unwrap();
+        nodes[1].m.apply_layout(v2.clone()).unwrap();
+        let mut rounds = 0;
+        while nodes.iter().any(|n| n.m.layout().version() < 2) {
+            rounds += 1;
+            assert!(rounds <= 10, "v2 not everywhere after {rounds} rounds");
+            round_all(&nodes).await;
+        }
+        for n in &nodes {
+            assert_eq!(*n.m.layout(), v2, "on {}", n.m.local());
+        }
+        assert!(matches!(
+            events.try_recv(),
+            Ok(MembershipEvent::LayoutChanged { version: 2 })
+        ));
+        let v3 = crate::plan_removal(&nodes[2].m.layout(), &all[3], true).unwrap();
+        nodes[2].m.apply_layout(v3.clone()).unwrap();
+        for _ in 0..10 {
+            round_all(&nodes).await;
+        }
+        for n in &nodes {
+            assert_eq!(n.m.layout().digest(), v3.digest(), "on {}", n.m.local());
+            let own = n.m.known(Instant::now());
+            let me = own.iter().find(|(s, _)| s.id == n.m.local().id).unwrap();
+            assert_eq!((me.0.layout_version, me.0.layout_digest), (3, v3.digest()));
+        }
     }
 
     #[test]

@@ -251,6 +251,73 @@ impl Layout {
     }
 }
 
+/// The layout after removing member `id` from `current` (its state becomes
+/// [`MemberState::Left`], so every node learns it left): refused, with the reason, unless
+/// `id` is a normal member that is dead (`dead`), no other change is in flight (no
+/// member joining or leaving), and a normal member remains.
+pub fn plan_removal(current: &Layout, id: &str, dead: bool) -> Result<Layout, String> {
+    let Some(member) = current.member(id) else {
+        return Err(format!(
+            "node {id:?} is not a member of layout version {}; `distkv-client status` lists the members",
+            current.version()
+        ));
+    };
+    match member.state {
+        MemberState::Left => {
+            return Err(format!(
+                "node {id:?} already left (layout version {})",
+                current.version()
+            ))
+        }
+        MemberState::Joining | MemberState::Leaving => {
+            return Err(format!(
+                "node {id:?} is {}: wait for its change to finish, then retry",
+                member.state
+            ))
+        }
+        MemberState::Normal => {}
+    }
+    if let Some(busy) = current
+        .members()
+        .iter()
+        .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
+    {
+        return Err(format!(
+            "another layout change is in flight ({} is {}): one change at a time; retry when it is done",
+            busy.id, busy.state
+        ));
+    }
+    if !dead {
+        return Err(format!(
+            "node {id:?} is alive: removing it would leave it serving keys it no longer owns; \
+             stop it first (remove-node is for dead nodes)"
+        ));
+    }
+    let remaining = current
+        .members()
+        .iter()
+        .filter(|m| m.id != id && m.state == MemberState::Normal)
+        .count();
+    if remaining == 0 {
+        return Err(format!(
+            "node {id:?} is the last member: a cluster cannot remove it"
+        ));
+    }
+    let members = current
+        .members()
+        .iter()
+        .map(|m| Member {
+            state: if m.id == id {
+                MemberState::Left
+            } else {
+                m.state
+            },
+            ..m.clone()
+        })
+        .collect();
+    current.next(members).map_err(|e| e.to_string())
+}
+
 /// The layout in force and the rule that replaces it ([`Layout::check_successor`]),
 /// shared by every membership implementation.
 #[derive(Debug)]
@@ -267,6 +334,33 @@ impl LayoutCell {
 
     pub(crate) fn get(&self) -> std::sync::Arc<Layout> {
         self.current.read().clone()
+    }
+
+    /// Installs `newer`, a layout pulled from a member that holds it: any later version
+    /// (the versions in between were committed and superseded, so only the newest
+    /// matters) with the same virtual nodes. Otherwise as [`LayoutCell::apply`].
+    pub(crate) fn adopt(&self, newer: Layout) -> Result<Option<Vec<String>>, LayoutError> {
+        let mut current = self.current.write();
+        if newer.version() <= current.version().saturating_add(1) {
+            drop(current);
+            return self.apply(newer);
+        }
+        if newer.virtual_nodes() != current.virtual_nodes() {
+            return Err(LayoutError::VirtualNodes {
+                ours: current.virtual_nodes(),
+                theirs: newer.virtual_nodes(),
+            });
+        }
+        let gone = current
+            .members()
+            .iter()
+            .filter(|m| newer.member(&m.id).is_none())
+            .map(|m| m.id.clone())
+            .collect();
+        let (from, version) = (current.version(), newer.version());
+        *current = std::sync::Arc::new(newer);
+        tracing::info!(from, version, "layout changed (pulled from a member)");
+        Ok(Some(gone))
     }
 
     /// Installs `offered` if it is the next version: `Ok(Some(ids))` with the ids of the
@@ -398,6 +492,67 @@ mod tests {
         for v in variants {
             assert_ne!(l.digest(), v.digest(), "{v:?}");
         }
+    }
+
+    #[test]
+    fn removal_takes_only_a_dead_normal_member_one_change_at_a_time() {
+        let l = layout(
+            3,
+            vec![
+                member("a", MemberState::Normal),
+                member("b", MemberState::Normal),
+                member("c", MemberState::Normal),
+            ],
+        );
+        let next = plan_removal(&l, "c", true).unwrap();
+        assert_eq!(next.version(), 4);
+        assert_eq!(next.member("c").unwrap().state, MemberState::Left);
+        assert_eq!(next.member("a").unwrap().state, MemberState::Normal);
+        assert!(plan_removal(&l, "c", false)
+            .unwrap_err()
+            .contains("is alive"));
+        assert!(plan_removal(&l, "z", true)
+            .unwrap_err()
+            .contains("not a member"));
+        assert!(plan_removal(&next, "c", true)
+            .unwrap_err()
+            .contains("already left"));
+        let busy = layout(
+            3,
+            vec![
+                member("a", MemberState::Normal),
+                member("b", MemberState::Joining),
+                member("c", MemberState::Normal),
+            ],
+        );
+        assert!(plan_removal(&busy, "c", true)
+            .unwrap_err()
+            .contains("in flight"));
+        assert!(plan_removal(&busy, "b", true)
+            .unwrap_err()
+            .contains("is joining"));
+        let alone = layout(1, vec![member("a", MemberState::Normal)]);
+        assert!(plan_removal(&alone, "a", true)
+            .unwrap_err()
+            .contains("last member"));
+    }
+
+    #[test]
+    fn a_pulled_layout_may_skip_versions_but_not_change_virtual_nodes() {
+        let l = layout(3, vec![member("a", MemberState::Normal)]);
+        let cell = LayoutCell::new(l.clone());
+        let far = Layout::new(7, 8, vec![member("b", MemberState::Normal)]).unwrap();
+        assert_eq!(cell.adopt(far.clone()), Ok(Some(vec!["a".to_string()])));
+        assert_eq!(*cell.get(), far);
+        assert_eq!(cell.adopt(far.clone()), Ok(None));
+        let other_vnodes = Layout::new(9, 16, vec![]).unwrap();
+        assert!(matches!(
+            cell.adopt(other_vnodes),
+            Err(LayoutError::VirtualNodes { .. })
+        ));
+        let stale = Layout::new(5, 8, vec![]).unwrap();
+        assert!(matches!(cell.adopt(stale), Err(LayoutError::Stale { .. })));
+        assert_eq!(cell.get().version(), 7);
     }
 
     #[test]

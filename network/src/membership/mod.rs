@@ -31,8 +31,9 @@ pub use gossip::{
     Refusal, ReplicationFingerprint, XorShift64, DEFAULT_MAX_NODES, DEFAULT_MAX_STATES_PER_MESSAGE,
 };
 pub use gossip_wire::MAX_GOSSIP_STRING_BYTES;
+pub use gossip_wire::{decode_layout, encode_layout};
 pub use gossiping::{GossipMembership, GossipOptions, IdentityTaken};
-pub use layout::{Layout, LayoutError, Member, MemberState, Succession};
+pub use layout::{plan_removal, Layout, LayoutError, Member, MemberState, Succession};
 pub use liveness::{Contact, DetectorSettings, Liveness, LivenessTable, LivenessView, PhiDetector};
 pub use probe::probe_members;
 pub use static_list::{StaticMembership, EVENT_CAPACITY};

@@ -75,6 +75,17 @@ impl StaticMembership {
         })
     }
 
+    /// The membership of `local` in `layout` (e.g. one saved by an earlier run).
+    pub fn with_layout(local: NodeInfo, layout: Layout, detector: DetectorSettings) -> Self {
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        StaticMembership {
+            local,
+            layout: LayoutCell::new(layout),
+            liveness: Mutex::new(LivenessTable::new(detector)),
+            events,
+        }
+    }
+
     fn publish(&self, event: MembershipEvent) {
         // No subscriber is not an error: the event is only news.
         let _ = self.events.send(event);

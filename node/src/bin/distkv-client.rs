@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use distkv_proto::v1::key_value_client::KeyValueClient;
 use distkv_proto::v1::{
     BatchPutRequest, Consistency, DeleteRequest, GetRequest, KeyValuePair, PutRequest,
-    StatusRequest,
+    RemoveNodeRequest, StatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -133,6 +133,13 @@ enum Command {
     },
     /// Show the node's state, its view of the cluster and its storage statistics.
     Status,
+    /// Take a dead node out of the cluster (its layout state becomes "left"). The node
+    /// must be dead to the one asked; one layout change at a time. Wipe its data
+    /// directory before it ever joins again.
+    RemoveNode {
+        /// The id of the node to remove (as `status` lists it).
+        node_id: String,
+    },
 }
 
 /// A failure and the exit code it maps to.
@@ -470,6 +477,27 @@ async fn run(args: Args) -> Result<u8, Failure> {
                     consistency,
                 })
                 .await?;
+            Ok(0)
+        }
+        Command::RemoveNode { node_id } => {
+            let r = client
+                .remove_node(RemoveNodeRequest {
+                    node_id: node_id.clone(),
+                })
+                .await?
+                .into_inner();
+            if args.json {
+                let doc = serde_json::json!({
+                    "removed": node_id,
+                    "layout_version": r.layout_version,
+                });
+                println!("{doc}");
+            } else {
+                println!(
+                    "removed {node_id} from the cluster: layout version {}; the other nodes learn it by gossip",
+                    r.layout_version
+                );
+            }
             Ok(0)
         }
         Command::Status => {

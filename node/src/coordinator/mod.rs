@@ -101,6 +101,11 @@ where
         self.started.elapsed()
     }
 
+    /// The membership this node follows (layout changes go through it).
+    pub fn membership(&self) -> &Arc<M> {
+        &self.membership
+    }
+
     /// The members of the layout in force, with their liveness.
     pub fn members(&self) -> Vec<(Member, LivenessView)> {
         self.membership

@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use distkv_engine::StorageEngine;
-use distkv_network::{Membership, Transport};
+use distkv_network::{plan_removal, Liveness, Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RequestTotals, Stat,
-    StatusRequest, StatusResponse,
+    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RemoveNodeRequest,
+    RemoveNodeResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -147,6 +147,28 @@ where
                 .into_iter()
                 .map(|c| c.to_context().into())
                 .collect(),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let membership = self.node.membership();
+        let current = membership.layout();
+        let dead = membership.liveness(&id).liveness == Liveness::Dead;
+        let next = plan_removal(&current, &id, dead)
+            .map_err(|e| Status::failed_precondition(format!("cannot remove {id:?}: {e}")))?;
+        let version = next.version();
+        membership.apply_layout(next).map_err(|e| {
+            Status::aborted(format!(
+                "cannot remove {id:?}: the layout changed meanwhile ({e}); check `status` and retry"
+            ))
+        })?;
+        tracing::warn!(node = %id, version, "node removed from the layout by an operator");
+        Ok(Response::new(RemoveNodeResponse {
+            layout_version: version,
         }))
     }
 

@@ -8,12 +8,13 @@ use std::time::Instant;
 use async_trait::async_trait;
 use distkv_engine::StorageEngine;
 use distkv_network::{
-    peer_request, peer_response, range_checksum, HandlerError, Membership, PeerHandler,
+    encode_layout, peer_request, peer_response, range_checksum, HandlerError, Layout, Membership,
+    PeerHandler,
 };
 use distkv_proto::v1::{
-    GossipRequest, GossipResponse, KeyRecord, MergeRequest, MergeResponse, PeerReadRequest,
-    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
-    ReplicateResponse,
+    GossipRequest, GossipResponse, KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse,
+    PeerReadRequest, PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse,
+    ReplicateRequest, ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
@@ -44,6 +45,8 @@ pub struct PeerEndpoint<S: StorageEngine + ?Sized> {
 pub trait MembershipCalls: Send + Sync + 'static {
     /// The process generation ([`Membership::generation`]).
     fn generation(&self) -> u64;
+    /// The layout this node holds ([`Membership::layout`]).
+    fn current_layout(&self) -> Arc<Layout>;
     /// Answers a gossip message ([`Membership::handle_gossip`]).
     fn gossip(
         &self,
@@ -56,6 +59,10 @@ pub trait MembershipCalls: Send + Sync + 'static {
 impl<M: Membership> MembershipCalls for M {
     fn generation(&self) -> u64 {
         Membership::generation(self)
+    }
+
+    fn current_layout(&self) -> Arc<Layout> {
+        self.layout()
     }
 
     fn gossip(
@@ -244,6 +251,14 @@ impl<S: StorageEngine + ?Sized> PeerHandler for PeerEndpoint<S> {
                 Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
                 None => Err(HandlerError::Refused(format!(
                     "gossip from {from} refused: this endpoint has no membership to answer it"
+                ))),
+            },
+            Req::LayoutPull(_) => match &self.membership {
+                Some(m) => Ok(Resp::LayoutPull(LayoutPullResponse {
+                    layout: Some(encode_layout(&m.current_layout())),
+                })),
+                None => Err(HandlerError::Refused(format!(
+                    "layout pull from {from} refused: this endpoint has no membership"
                 ))),
             },
         }

@@ -5,6 +5,7 @@
 //! and hands them to the generic [`assemble`](crate::assembly::assemble).
 
 mod admin;
+mod layout_file;
 mod listener;
 mod storage;
 
@@ -111,13 +112,18 @@ pub async fn run(
     });
     let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
     let detector = detector_settings(&config);
-    let static_membership = StaticMembership::new(
-        local.clone(),
-        seeds.clone(),
-        settings.virtual_nodes,
-        detector.clone(),
-    )
-    .map_err(|e| StartupError(e.to_string()))?;
+    // A layout saved by an earlier run wins over the seed list (then only contact points).
+    let static_membership =
+        match layout_file::load(&config.data_dir, &local.id, settings.virtual_nodes)? {
+            Some(saved) => StaticMembership::with_layout(local.clone(), saved, detector.clone()),
+            None => StaticMembership::new(
+                local.clone(),
+                seeds.clone(),
+                settings.virtual_nodes,
+                detector.clone(),
+            )
+            .map_err(|e| StartupError(e.to_string()))?,
+        };
     match config.membership.kind {
         MembershipKind::Static => {
             launch::<_, HashRing, _>(
@@ -132,7 +138,8 @@ pub async fn run(
         }
         MembershipKind::Gossip => {
             // Until joins run through gossip, a new cluster's first layout is this node
-            // and its seeds (as with `static`); gossip reports members holding another.
+            // and its seeds (as with `static`), or the layout saved by an earlier run;
+            // gossip reports members holding another under the same version.
             let layout = (*static_membership.layout()).clone();
             let options = GossipOptions {
                 cluster_name: config.cluster_name.clone(),
@@ -342,6 +349,10 @@ where
     );
     let supervisor = Supervisor::new();
     parts.start_background(&supervisor);
+    supervisor.spawn(
+        "layout-file",
+        layout_file::keep_saved(parts.membership.clone(), config.data_dir.clone()),
+    );
     match &tls {
         Some(live) => watch_reloads(&config, live.clone()),
         // Said once the node runs, so a node refused at start-up still prints one line.
