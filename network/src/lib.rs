@@ -25,11 +25,11 @@ mod transport;
 
 pub use grpc::{GrpcTransport, PeerService};
 pub use membership::{
-    decode_layout, encode_layout, parse_seed, plan_removal, probe_members, Contact,
-    DetectorSettings, DigestEntry, GossipEvent, GossipMembership, GossipMessage, GossipOptions,
-    GossipSettings, Gossiper, IdentityTaken, Layout, LayoutError, Liveness, LivenessTable,
-    LivenessView, Member, MemberState, Membership, MembershipError, MembershipEvent, NodeInfo,
-    NodeState, Outgoing, PhiDetector, Refusal, ReplicationFingerprint, StaticMembership,
+    decode_layout, encode_layout, newest_layout_of, parse_seed, plan_removal, probe_members,
+    Contact, DetectorSettings, DigestEntry, GossipEvent, GossipMembership, GossipMessage,
+    GossipOptions, GossipSettings, Gossiper, IdentityTaken, Layout, LayoutError, Liveness,
+    LivenessTable, LivenessView, Member, MemberState, Membership, MembershipError, MembershipEvent,
+    NodeInfo, NodeState, Outgoing, PhiDetector, Refusal, ReplicationFingerprint, StaticMembership,
     Succession, XorShift64, DEFAULT_MAX_NODES, DEFAULT_MAX_STATES_PER_MESSAGE, EVENT_CAPACITY,
     MAX_GOSSIP_STRING_BYTES,
 };

@@ -353,3 +353,75 @@ async fn a_dead_node_is_removed_everywhere_and_the_removal_survives_restarts() -
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_takes_the_clusters_layout_instead_of_building_its_own() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    // Started as a user would: every address it knows as seeds, its own included.
+    let address = format!("127.0.0.1:{}", free_port());
+    let peer = format!("127.0.0.1:{}", free_port());
+    let mut seeds: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("n{i}={}", n.peer_addr))
+        .collect();
+    seeds.push(format!("n3={peer}"));
+    let seeds = seeds.join(",");
+    let args = [
+        "--node-id",
+        "n3",
+        "--peer-address",
+        &peer,
+        "--seed-nodes",
+        &seeds,
+        "--replicas",
+        "3",
+        "--read-quorum",
+        "2",
+        "--write-quorum",
+        "2",
+    ];
+    let newcomer = tokio::task::block_in_place(|| {
+        Server::start_member(&address, &peer, &dir.path().join("n3"), &args, &[])
+    })?;
+    let status = connect(&newcomer.addr)
+        .await?
+        .status(StatusRequest {})
+        .await?
+        .into_inner();
+    let ids: Vec<&str> = status.members.iter().map(|m| m.node_id.as_str()).collect();
+    assert_eq!(ids, ["n0", "n1", "n2"], "it took the cluster's layout");
+    assert!(newcomer
+        .log_text()
+        .contains("this node is not a member of the cluster's layout"));
+    // Writes through it land on the cluster's replicas: ALL needs n0, n1 and n2.
+    for i in 0..50 {
+        let key = format!("k{i}");
+        let put = tokio::task::block_in_place(|| {
+            run_client(
+                &newcomer.addr,
+                &["--consistency", "all", "put", &key, "v"],
+                None,
+            )
+        });
+        assert!(put.status.success(), "{key}: {}", stderr(&put));
+    }
+    for i in 0..50 {
+        let key = format!("k{i}");
+        let get = tokio::task::block_in_place(|| {
+            run_client(
+                &nodes[1].addr,
+                &["--consistency", "quorum", "get", &key],
+                None,
+            )
+        });
+        assert_eq!(
+            distkv_tests::stdout(&get).trim(),
+            "v",
+            "{key}: {}",
+            stderr(&get)
+        );
+    }
+    Ok(())
+}

@@ -60,6 +60,50 @@ pub struct GossipOptions {
     pub rng_seed: u64,
 }
 
+/// The newest layout any of `seeds` holds (`HOST:PORT` peer addresses), asked
+/// concurrently with `timeout` each: `None` when none answers with one (a new cluster).
+/// Layouts of more than `max_members` members or malformed ones are skipped (logged).
+pub async fn newest_layout_of<T: Transport + ?Sized>(
+    transport: &T,
+    seeds: &[String],
+    max_members: usize,
+    timeout: Duration,
+) -> Option<Layout> {
+    let asks = seeds.iter().map(|seed| async move {
+        let to = NodeInfo {
+            id: seed.clone(),
+            address: seed.clone(),
+        };
+        (
+            seed,
+            transport.call(&to, LayoutPullRequest {}, timeout).await,
+        )
+    });
+    let mut newest: Option<Layout> = None;
+    for (seed, answer) in futures::future::join_all(asks).await {
+        let layout = match answer {
+            Ok(LayoutPullResponse {
+                layout: Some(layout),
+            }) => match gossip_wire::decode_layout(layout, max_members) {
+                Ok(layout) => layout,
+                Err(e) => {
+                    tracing::warn!(seed = %seed, "the seed's layout is refused: {e}");
+                    continue;
+                }
+            },
+            Ok(LayoutPullResponse { layout: None }) => continue,
+            Err(e) => {
+                tracing::debug!(seed = %seed, "no layout from the seed: {e}");
+                continue;
+            }
+        };
+        if layout.version() > newest.as_ref().map_or(0, Layout::version) {
+            newest = Some(layout);
+        }
+    }
+    newest
+}
+
 /// Why a node must not start: its identity is taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(

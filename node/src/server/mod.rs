@@ -113,38 +113,50 @@ pub async fn run(
     let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
     let detector = detector_settings(&config);
     // A layout saved by an earlier run wins over the seed list (then only contact points).
-    let static_membership =
-        match layout_file::load(&config.data_dir, &local.id, settings.virtual_nodes)? {
-            Some(saved) => StaticMembership::with_layout(local.clone(), saved, detector.clone()),
-            None => StaticMembership::new(
-                local.clone(),
-                seeds.clone(),
-                settings.virtual_nodes,
-                detector.clone(),
-            )
-            .map_err(|e| StartupError(e.to_string()))?,
-        };
+    let saved = layout_file::load(&config.data_dir, &local.id, settings.virtual_nodes)?;
+    let from_seeds = || {
+        StaticMembership::new(
+            local.clone(),
+            seeds.clone(),
+            settings.virtual_nodes,
+            detector.clone(),
+        )
+        .map_err(|e| StartupError(e.to_string()))
+    };
     match config.membership.kind {
         MembershipKind::Static => {
-            launch::<_, HashRing, _>(
-                config,
-                settings,
-                static_membership,
-                transport,
-                tls,
-                shutdown,
-            )
-            .await
+            let membership = match saved {
+                Some(saved) => StaticMembership::with_layout(local.clone(), saved, detector),
+                None => from_seeds()?,
+            };
+            launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
         }
         MembershipKind::Gossip => {
-            // Until joins run through gossip, a new cluster's first layout is this node
-            // and its seeds (as with `static`), or the layout saved by an earlier run;
-            // gossip reports members holding another under the same version.
-            let layout = (*static_membership.layout()).clone();
+            let contacts: Vec<String> = seeds
+                .iter()
+                .map(|s| s.address.clone())
+                .filter(|a| *a != local.address)
+                .collect();
+            // A node without a saved layout takes the cluster's, if its seeds hold one;
+            // only a new cluster's nodes build the first layout from their seed lists.
+            let layout = match saved {
+                Some(saved) => saved,
+                None => match distkv_network::newest_layout_of(
+                    &transport,
+                    &contacts,
+                    distkv_network::DEFAULT_MAX_NODES,
+                    IDENTITY_CHECK_TIMEOUT,
+                )
+                .await
+                {
+                    Some(cluster) => cluster_layout_for(cluster, &local, settings.virtual_nodes)?,
+                    None => (*from_seeds()?.layout()).clone(),
+                },
+            };
             let options = GossipOptions {
                 cluster_name: config.cluster_name.clone(),
                 generation: generation_now(),
-                seeds: seeds.iter().map(|s| s.address.clone()).collect(),
+                seeds: contacts,
                 replication: ReplicationFingerprint {
                     replicas: settings.replicas as u32,
                     partitioner: "hash-ring-xxh3".to_string(),
@@ -178,6 +190,52 @@ pub async fn run(
 /// How long the start-up identity check waits for each seed and each ping: a node whose
 /// peers are slow waits this long once before serving.
 const IDENTITY_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Checks the layout of a running cluster for a node that starts without one of its own:
+/// same virtual nodes, and not a node that was removed. A node the layout does not name
+/// coordinates requests but owns no data.
+fn cluster_layout_for(
+    cluster: distkv_network::Layout,
+    local: &NodeInfo,
+    virtual_nodes: u32,
+) -> Result<distkv_network::Layout, StartupError> {
+    if cluster.virtual_nodes() != virtual_nodes {
+        return Err(StartupError(format!(
+            "invalid setting replication.virtual_nodes = {virtual_nodes}: the cluster's layout \
+             (version {}) has {} virtual nodes per member; start the node with --virtual-nodes {}",
+            cluster.version(),
+            cluster.virtual_nodes(),
+            cluster.virtual_nodes()
+        )));
+    }
+    match cluster.member(&local.id) {
+        Some(m) if m.state == distkv_network::MemberState::Left => Err(StartupError(format!(
+            "node {:?} was removed from the cluster (layout version {}): start it with a new \
+             --node-id and an empty data directory",
+            local.id,
+            cluster.version()
+        ))),
+        Some(m) => {
+            if m.address != local.address {
+                tracing::warn!(
+                    node_id = %local.id,
+                    layout_address = %m.address,
+                    our_address = %local.address,
+                    "the cluster's layout names this node at another peer address; peers will call that one"
+                );
+            }
+            Ok(cluster)
+        }
+        None => {
+            tracing::warn!(
+                node_id = %local.id,
+                version = cluster.version(),
+                "this node is not a member of the cluster's layout: it coordinates requests but owns no data (joining with range streaming is not built yet: see docs/operations.md, Add and remove nodes)"
+            );
+            Ok(cluster)
+        }
+    }
+}
 
 /// A member of the layout never heard from by gossip this long after start is dead.
 const NEVER_HEARD_GRACE: Duration = Duration::from_secs(10);
