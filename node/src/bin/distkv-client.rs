@@ -552,9 +552,11 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 "quorums   N={} R={} W={}, {} virtual nodes per member\n",
                 s.replicas, s.read_quorum, s.write_quorum, s.virtual_nodes
             ));
-            let alive = s.members.iter().filter(|m| m.liveness == "alive").count();
-            let dead = s.members.iter().filter(|m| m.liveness == "dead").count();
-            let total = s.members.len();
+            // Members that left are listed below but are not part of the cluster.
+            let current = || s.members.iter().filter(|m| m.state != "left");
+            let alive = current().filter(|m| m.liveness == "alive").count();
+            let dead = current().filter(|m| m.liveness == "dead").count();
+            let total = current().count();
             text.push_str(&format!(
                 "members   {total} total nodes, {alive} alive, {dead} dead ({:.1}% availability)\n",
                 if total == 0 {
