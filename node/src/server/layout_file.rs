@@ -27,7 +27,8 @@ struct OnDisk {
     digest: String,
 }
 
-/// The layout saved in `dir`, if any, checked against this node: `local_id` must not
+/// The layout saved in `dir`, if any and if it names `local_id` (else it is not this
+/// node's layout any more: `None`, logged), checked against this node: `local_id` must not
 /// have left, and the virtual nodes must be `virtual_nodes`.
 pub fn load(
     dir: &Path,
@@ -74,10 +75,19 @@ pub fn load(
             layout.virtual_nodes()
         )));
     }
-    if layout
-        .member(local_id)
-        .is_some_and(|m| m.state == MemberState::Left)
-    {
+    let Some(me) = layout.member(local_id) else {
+        // Saved under another id (a node without --node-id takes its address as id, and
+        // the address changed): not this node's layout any more.
+        tracing::warn!(
+            node_id = local_id,
+            version = layout.version(),
+            file = %path.display(),
+            "the saved layout does not name this node (its id changed?): it is ignored, and \
+             the layout is taken from the seeds as on a first start"
+        );
+        return Ok(None);
+    };
+    if me.state == MemberState::Left {
         return Err(StartupError(format!(
             "node {local_id:?} was removed from the cluster (layout version {}, in {}): it no \
              longer owns data; wipe its data directory before it joins again",
@@ -182,5 +192,7 @@ mod tests {
         let err = load(dir.path(), "b", 16).unwrap_err().0;
         assert!(err.contains("was removed") && err.contains("wipe"), "{err}");
         assert!(load(dir.path(), "a", 16).unwrap().is_some());
+        // Another id: the file is not this node's layout.
+        assert!(load(dir.path(), "c", 16).unwrap().is_none());
     }
 }

@@ -111,6 +111,9 @@ pub async fn run(
         }
     });
     let seeds = config.seeds().map_err(|e| StartupError(e.0))?;
+    // Held for the life of the process (a second node on the same data directory would
+    // interleave its writes with ours); taken before anything in it is read.
+    let data_dir_lock = storage::lock_data_dir(&config.data_dir)?;
     let detector = detector_settings(&config);
     // A layout saved by an earlier run wins over the seed list (then only contact points).
     let saved = layout_file::load(&config.data_dir, &local.id, settings.virtual_nodes)?;
@@ -129,7 +132,16 @@ pub async fn run(
                 Some(saved) => StaticMembership::with_layout(local.clone(), saved, detector),
                 None => from_seeds()?,
             };
-            launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
+            launch::<_, HashRing, _>(
+                data_dir_lock,
+                config,
+                settings,
+                membership,
+                transport,
+                tls,
+                shutdown,
+            )
+            .await
         }
         MembershipKind::Gossip => {
             let contacts: Vec<String> = seeds
@@ -182,7 +194,16 @@ pub async fn run(
                 .check_identity(&transport, IDENTITY_CHECK_TIMEOUT)
                 .await
                 .map_err(|e| StartupError(e.to_string()))?;
-            launch::<_, HashRing, _>(config, settings, membership, transport, tls, shutdown).await
+            launch::<_, HashRing, _>(
+                data_dir_lock,
+                config,
+                settings,
+                membership,
+                transport,
+                tls,
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -352,6 +373,7 @@ fn watch_reloads(config: &Config, live: LiveTls) {
 /// Opens the node's files, wires the node over the chosen membership and transport, and
 /// serves it.
 async fn launch<M, P, T>(
+    _data_dir_lock: std::fs::File,
     config: Config,
     settings: NodeSettings,
     membership: M,
@@ -391,9 +413,6 @@ where
         _ => None,
     };
     let admin = admin::AdminPort::start(&config, admin_tls).await?;
-    // Held for the life of the process: a second node on the same data directory would
-    // interleave its writes with ours.
-    let _data_dir_lock = storage::lock_data_dir(&config.data_dir)?;
     check_data_format(&config.data_dir)?;
     let (engine, engine_name) = open_storage(&config)?;
     let hints = storage::open_hints(&config)?;
