@@ -11,6 +11,7 @@ use crate::api::NodeSettings;
 use crate::coordinator::{Node, NodeParts};
 use crate::handoff::{Handoff, HintStore};
 use crate::placement::{Partitioner, Placement, PlacementSnapshot};
+use crate::rebalance::Joiner;
 use crate::replica::{PeerEndpoint, PeerLimits, ReplicaStore, Replicas};
 use crate::supervisor::Supervisor;
 
@@ -145,6 +146,22 @@ where
             "placement-updater",
             follow_layout(self.membership.clone(), self.placement.clone()),
         );
+        let joiner = Joiner {
+            local: self.membership.local().clone(),
+            membership: self.membership.clone(),
+            transport: self.transport.clone(),
+            store: self.store.clone(),
+            placement: self.placement.clone(),
+            limits: PeerLimits::from_settings(&self.settings),
+            replicas: self.settings.replicas,
+            max_bytes_per_sec: self.settings.rebalance_max_bytes_per_sec,
+            timeout: self.settings.request_timeout,
+        };
+        if joiner.needed() {
+            supervisor.spawn("join", async move {
+                joiner.run().await;
+            });
+        }
     }
 }
 

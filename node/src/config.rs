@@ -65,6 +65,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// How the node learns who is in the cluster.
     pub membership: MembershipConfig,
+    /// Moving data when the layout changes (joins).
+    pub rebalance: RebalanceConfig,
     /// How the node calls its peers.
     pub transport: TransportConfig,
     /// Logging.
@@ -90,6 +92,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             membership: MembershipConfig::default(),
+            rebalance: RebalanceConfig::default(),
             transport: TransportConfig::default(),
             log: LogConfig::default(),
             tls: TlsConfig::default(),
@@ -236,6 +239,22 @@ impl Default for LimitsConfig {
             idle_timeout: d.idle_timeout,
             max_streams_per_connection: d.max_streams_per_connection,
             max_concurrent_requests: d.max_concurrent_requests,
+        }
+    }
+}
+
+/// Rebalancing settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Most bytes per second a joining node pulls from its sources (0: unthrottled).
+    pub max_bytes_per_sec: u64,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            max_bytes_per_sec: 32 * 1024 * 1024,
         }
     }
 }

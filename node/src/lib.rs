@@ -29,6 +29,7 @@ pub mod handoff;
 pub mod logging;
 pub mod observe;
 pub mod placement;
+pub mod rebalance;
 pub mod replica;
 pub mod server;
 pub mod supervisor;

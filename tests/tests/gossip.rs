@@ -354,10 +354,50 @@ async fn a_dead_node_is_removed_everywhere_and_the_removal_survives_restarts() -
     Ok(())
 }
 
+/// Writes `key-{i}` at QUORUM through `addr` until `stop` or `max` keys, returning the
+/// acknowledged ones (bounded in count and time).
+async fn write_until(
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    max: usize,
+) -> anyhow::Result<Vec<String>> {
+    use distkv_proto::v1::{Consistency, PutRequest};
+    let mut client = connect(&addr).await?;
+    let mut acked = Vec::new();
+    let started = Instant::now();
+    for i in 0..max {
+        if stop.load(std::sync::atomic::Ordering::Relaxed)
+            || started.elapsed() > Duration::from_secs(60)
+        {
+            break;
+        }
+        let key = format!("key-{i}");
+        let put = client
+            .put(PutRequest {
+                key: key.clone().into_bytes().into(),
+                value: format!("value-{i}").into_bytes().into(),
+                context: Default::default(),
+                consistency: Consistency::Quorum as i32,
+            })
+            .await;
+        if put.is_ok() {
+            acked.push(key);
+        }
+    }
+    Ok(acked)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_node_takes_the_clusters_layout_instead_of_building_its_own() -> anyhow::Result<()> {
+async fn a_new_node_joins_under_load_streams_its_ranges_and_serves_them() -> anyhow::Result<()> {
+    use distkv_proto::v1::{Consistency, GetRequest};
     let dir = tempfile::tempdir()?;
-    let nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    // Keys written before the join, then a write load during it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let before = write_until(nodes[1].addr.clone(), stop.clone(), 300).await?;
+    assert_eq!(before.len(), 300);
+    let load = tokio::spawn(write_until(nodes[2].addr.clone(), stop.clone(), 100_000));
+
     // Started as a user would: every address it knows as seeds, its own included.
     let address = format!("127.0.0.1:{}", free_port());
     let peer = format!("127.0.0.1:{}", free_port());
@@ -382,46 +422,92 @@ async fn a_new_node_takes_the_clusters_layout_instead_of_building_its_own() -> a
         "--write-quorum",
         "2",
     ];
+    let started = Instant::now();
     let newcomer = tokio::task::block_in_place(|| {
         Server::start_member(&address, &peer, &dir.path().join("n3"), &args, &[])
     })?;
-    let status = connect(&newcomer.addr)
-        .await?
-        .status(StatusRequest {})
-        .await?
-        .into_inner();
-    let ids: Vec<&str> = status.members.iter().map(|m| m.node_id.as_str()).collect();
-    assert_eq!(ids, ["n0", "n1", "n2"], "it took the cluster's layout");
-    assert!(newcomer
-        .log_text()
-        .contains("this node is not a member of the cluster's layout"));
-    // Writes through it land on the cluster's replicas: ALL needs n0, n1 and n2.
-    for i in 0..50 {
-        let key = format!("k{i}");
-        let put = tokio::task::block_in_place(|| {
-            run_client(
-                &newcomer.addr,
-                &["--consistency", "all", "put", &key, "v"],
-                None,
-            )
-        });
-        assert!(put.status.success(), "{key}: {}", stderr(&put));
+    // It joins by itself: normal on every node.
+    for n in nodes
+        .iter()
+        .map(|n| n.addr.as_str())
+        .chain([newcomer.addr.as_str()])
+    {
+        loop {
+            if state_seen_by(n, "n3").await?.as_deref() == Some("normal") {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(60),
+                "n3 is not normal on {n}; its log:\n{}",
+                newcomer.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    for i in 0..50 {
-        let key = format!("k{i}");
-        let get = tokio::task::block_in_place(|| {
-            run_client(
-                &nodes[1].addr,
-                &["--consistency", "quorum", "get", &key],
-                None,
-            )
-        });
-        assert_eq!(
-            distkv_tests::stdout(&get).trim(),
-            "v",
-            "{key}: {}",
-            stderr(&get)
-        );
+    println!(
+        "gossip: a 4th node joined (normal everywhere) {:?} after its start",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = load.await??;
+    println!("gossip: {} keys acknowledged during the join", during.len());
+    assert!(
+        newcomer.log_text().contains("joined the cluster"),
+        "{}",
+        newcomer.log_text()
+    );
+
+    // With n0 down, QUORUM needs both other replicas of each key, n3 among them where it
+    // now replicates: every acknowledged key must be there.
+    tokio::task::block_in_place(|| nodes[0].signal("KILL"))?;
+    let mut client = connect(&newcomer.addr).await?;
+    let mut missing = Vec::new();
+    for key in before.iter().chain(during.iter()) {
+        let got = client
+            .get(GetRequest {
+                key: key.clone().into_bytes().into(),
+                consistency: Consistency::Quorum as i32,
+            })
+            .await;
+        match got {
+            Ok(r) if !r.get_ref().values.is_empty() => {}
+            Ok(_) => missing.push(format!("{key}: not found")),
+            Err(e) => missing.push(format!("{key}: {}", e.message())),
+        }
     }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged keys fail at QUORUM after the join: {:?}",
+        missing.len(),
+        before.len() + during.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // A QUORUM read is found if either replica has the key; n3 alone must hold the keys
+    // written before it joined for the ranges it now replicates (about 3/4 of them with
+    // 4 nodes and N=3): stop every other node and read those at ONE through it.
+    for n in &mut nodes[1..] {
+        tokio::task::block_in_place(|| n.signal("KILL"))?;
+    }
+    let mut held = 0;
+    for key in &before {
+        let got = client
+            .get(GetRequest {
+                key: key.clone().into_bytes().into(),
+                consistency: Consistency::One as i32,
+            })
+            .await;
+        if got.is_ok_and(|r| !r.get_ref().values.is_empty()) {
+            held += 1;
+        }
+    }
+    println!(
+        "gossip: n3 alone holds {held} of the {} keys written before it joined",
+        before.len()
+    );
+    assert!(
+        held * 2 >= before.len(),
+        "n3 holds only {held} of {} keys written before its join: its ranges were not streamed",
+        before.len()
+    );
     Ok(())
 }

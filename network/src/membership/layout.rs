@@ -318,6 +318,85 @@ pub fn plan_removal(current: &Layout, id: &str, dead: bool) -> Result<Layout, St
     current.next(members).map_err(|e| e.to_string())
 }
 
+/// The layout with node `id` at `address` joining `current` (state
+/// [`MemberState::Joining`]: it receives writes for the ranges it will own, not reads).
+/// Asking again while it is joining gives `current` back (the join is in flight);
+/// refused while another change is in flight, for a member already in, for an id that
+/// left (removed nodes come back with a new id), or for an address another member uses.
+pub fn plan_join(current: &Layout, id: &str, address: &str) -> Result<Layout, String> {
+    if let Some(m) = current.member(id) {
+        return match m.state {
+            MemberState::Joining if m.address == address => Ok(current.clone()),
+            MemberState::Left => Err(format!(
+                "node id {id:?} left the cluster (layout version {}): join with a new --node-id \
+                 and an empty data directory",
+                current.version()
+            )),
+            state => Err(format!(
+                "node {id:?} is already a member ({state} at {}): a node joins once",
+                m.address
+            )),
+        };
+    }
+    if let Some(busy) = current
+        .members()
+        .iter()
+        .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
+    {
+        return Err(format!(
+            "another layout change is in flight ({} is {}): one change at a time; the join is \
+             retried",
+            busy.id, busy.state
+        ));
+    }
+    if let Some(other) = current
+        .members()
+        .iter()
+        .find(|m| m.address == address && m.state != MemberState::Left)
+    {
+        return Err(format!(
+            "address {address} is member {:?}'s: each node needs its own peer address",
+            other.id
+        ));
+    }
+    let mut members = current.members().to_vec();
+    members.push(Member {
+        id: id.to_string(),
+        address: address.to_string(),
+        state: MemberState::Joining,
+    });
+    current.next(members).map_err(|e| e.to_string())
+}
+
+/// The layout with joining node `id` made [`MemberState::Normal`] (it streamed its
+/// ranges): reads move to it. Asking again once it is normal gives `current` back.
+pub fn plan_join_done(current: &Layout, id: &str) -> Result<Layout, String> {
+    match current.member(id).map(|m| m.state) {
+        Some(MemberState::Joining) => {}
+        Some(MemberState::Normal) => return Ok(current.clone()),
+        Some(state) => return Err(format!("node {id:?} is {state}, not joining")),
+        None => {
+            return Err(format!(
+                "node {id:?} is not in layout version {}: it must join first",
+                current.version()
+            ))
+        }
+    }
+    let members = current
+        .members()
+        .iter()
+        .map(|m| Member {
+            state: if m.id == id {
+                MemberState::Normal
+            } else {
+                m.state
+            },
+            ..m.clone()
+        })
+        .collect();
+    current.next(members).map_err(|e| e.to_string())
+}
+
 /// The layout in force and the rule that replaces it ([`Layout::check_successor`]),
 /// shared by every membership implementation.
 #[derive(Debug)]
@@ -535,6 +614,42 @@ mod tests {
         assert!(plan_removal(&alone, "a", true)
             .unwrap_err()
             .contains("last member"));
+    }
+
+    #[test]
+    fn a_join_is_one_change_at_a_time_and_finishes_once() {
+        let l = layout(
+            2,
+            vec![
+                member("a", MemberState::Normal),
+                member("b", MemberState::Normal),
+            ],
+        );
+        let joining = plan_join(&l, "c", "c:1").unwrap();
+        assert_eq!(joining.version(), 3);
+        assert_eq!(joining.member("c").unwrap().state, MemberState::Joining);
+        // Asked again (a retry): the same layout, no new version.
+        assert_eq!(plan_join(&joining, "c", "c:1").unwrap(), joining);
+        assert!(plan_join(&joining, "d", "d:1")
+            .unwrap_err()
+            .contains("in flight"));
+        assert!(plan_join(&l, "a", "a:1")
+            .unwrap_err()
+            .contains("already a member"));
+        assert!(plan_join(&l, "z", "a:1")
+            .unwrap_err()
+            .contains("own peer address"));
+        let done = plan_join_done(&joining, "c").unwrap();
+        assert_eq!(done.version(), 4);
+        assert_eq!(done.member("c").unwrap().state, MemberState::Normal);
+        assert_eq!(plan_join_done(&done, "c").unwrap(), done);
+        assert!(plan_join_done(&l, "c")
+            .unwrap_err()
+            .contains("must join first"));
+        let removed = plan_removal(&done, "c", true).unwrap();
+        assert!(plan_join(&removed, "c", "c:1")
+            .unwrap_err()
+            .contains("new --node-id"));
     }
 
     #[test]

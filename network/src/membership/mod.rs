@@ -33,7 +33,9 @@ pub use gossip::{
 pub use gossip_wire::MAX_GOSSIP_STRING_BYTES;
 pub use gossip_wire::{decode_layout, encode_layout};
 pub use gossiping::{newest_layout_of, GossipMembership, GossipOptions, IdentityTaken};
-pub use layout::{plan_removal, Layout, LayoutError, Member, MemberState, Succession};
+pub use layout::{
+    plan_join, plan_join_done, plan_removal, Layout, LayoutError, Member, MemberState, Succession,
+};
 pub use liveness::{Contact, DetectorSettings, Liveness, LivenessTable, LivenessView, PhiDetector};
 pub use probe::probe_members;
 pub use static_list::{StaticMembership, EVENT_CAPACITY};

@@ -8,13 +8,13 @@ use std::time::Instant;
 use async_trait::async_trait;
 use distkv_engine::StorageEngine;
 use distkv_network::{
-    encode_layout, peer_request, peer_response, range_checksum, HandlerError, Layout, Membership,
-    PeerHandler,
+    encode_layout, peer_request, peer_response, plan_join, plan_join_done, range_checksum,
+    HandlerError, Layout, LayoutError, Membership, PeerHandler,
 };
 use distkv_proto::v1::{
-    GossipRequest, GossipResponse, KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse,
-    PeerReadRequest, PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse,
-    ReplicateRequest, ReplicateResponse,
+    GossipRequest, GossipResponse, JoinRequest, JoinResponse, KeyRecord, LayoutPullResponse,
+    MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse, PingResponse, RangePullRequest,
+    RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
@@ -47,6 +47,8 @@ pub trait MembershipCalls: Send + Sync + 'static {
     fn generation(&self) -> u64;
     /// The layout this node holds ([`Membership::layout`]).
     fn current_layout(&self) -> Arc<Layout>;
+    /// Applies a layout change ([`Membership::apply_layout`]).
+    fn offer_layout(&self, layout: Layout) -> Result<(), LayoutError>;
     /// Answers a gossip message ([`Membership::handle_gossip`]).
     fn gossip(
         &self,
@@ -63,6 +65,10 @@ impl<M: Membership> MembershipCalls for M {
 
     fn current_layout(&self) -> Arc<Layout> {
         self.layout()
+    }
+
+    fn offer_layout(&self, layout: Layout) -> Result<(), LayoutError> {
+        self.apply_layout(layout)
     }
 
     fn gossip(
@@ -229,6 +235,43 @@ fn storage_error(e: NodeError) -> HandlerError {
     }
 }
 
+/// Adds `request`'s node to the layout as joining, or makes it normal (`done`), and
+/// answers the layout after the change. Any member may commit it; the joiner asks the
+/// lowest-id normal member, so concurrent joins meet at one node (one change at a time).
+fn join(
+    m: &dyn MembershipCalls,
+    from: &str,
+    request: JoinRequest,
+) -> Result<JoinResponse, HandlerError> {
+    if request.node_id != from {
+        return Err(HandlerError::Refused(format!(
+            "join request for {:?} sent by {from:?}: a node asks to join for itself",
+            request.node_id
+        )));
+    }
+    let current = m.current_layout();
+    let next = if request.done {
+        plan_join_done(&current, &request.node_id)
+    } else {
+        plan_join(&current, &request.node_id, &request.address)
+    }
+    .map_err(HandlerError::Refused)?;
+    if next.version() != current.version() {
+        m.offer_layout(next.clone()).map_err(|e| {
+            HandlerError::Unavailable(format!("the layout changed meanwhile ({e}); retry"))
+        })?;
+        tracing::info!(
+            node = %request.node_id,
+            version = next.version(),
+            done = request.done,
+            "layout change for a joining node committed"
+        );
+    }
+    Ok(JoinResponse {
+        layout: Some(encode_layout(&next)),
+    })
+}
+
 #[async_trait]
 impl<S: StorageEngine + ?Sized> PeerHandler for PeerEndpoint<S> {
     async fn handle(
@@ -251,6 +294,12 @@ impl<S: StorageEngine + ?Sized> PeerHandler for PeerEndpoint<S> {
                 Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
                 None => Err(HandlerError::Refused(format!(
                     "gossip from {from} refused: this endpoint has no membership to answer it"
+                ))),
+            },
+            Req::Join(r) => match &self.membership {
+                Some(m) => join(&**m, from, r).map(Resp::Join),
+                None => Err(HandlerError::Refused(format!(
+                    "join of {from} refused: this endpoint has no membership"
                 ))),
             },
             Req::LayoutPull(_) => match &self.membership {

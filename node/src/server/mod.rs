@@ -64,6 +64,7 @@ pub fn settings(config: &Config) -> NodeSettings {
         hint_replay_batch: r.hint_replay_batch,
         max_vector_entries: r.max_vector_entries,
         probe_interval: config.membership.interval,
+        rebalance_max_bytes_per_sec: config.rebalance.max_bytes_per_sec,
         ..NodeSettings::default()
     }
 }
