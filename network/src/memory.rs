@@ -329,6 +329,7 @@ mod tests {
                 Req::Read(_) => Err(HandlerError::Refused("read refused".into())),
                 Req::RangePull(r) => Ok(Resp::RangePull(self.page(&r))),
                 Req::Gossip(_) => Err(HandlerError::Refused("gossip refused".into())),
+                Req::AntiEntropy(_) => Err(HandlerError::Refused("anti-entropy refused".into())),
             }
         }
     }

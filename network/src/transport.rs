@@ -10,9 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse};
 use distkv_proto::v1::{
-    GossipRequest, GossipResponse, KeyRecord, MergeRequest, MergeResponse, PeerReadRequest,
-    PeerReadResponse, PingRequest, PingResponse, RangePullRequest, RangePullResponse,
-    ReplicateRequest, ReplicateResponse,
+    AntiEntropyRequest, AntiEntropyResponse, GossipRequest, GossipResponse, KeyRecord,
+    MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse, PingRequest, PingResponse,
+    RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -79,6 +79,7 @@ peer_rpcs! {
     RangePull("range_pull"): RangePullRequest => RangePullResponse,
     Merge("merge"): MergeRequest => MergeResponse,
     Gossip("gossip"): GossipRequest => GossipResponse,
+    AntiEntropy("anti_entropy"): AntiEntropyRequest => AntiEntropyResponse,
 }
 
 /// The checksum of a range-pull page, `RangePullResponse::checksum`: XXH3-64 over, per

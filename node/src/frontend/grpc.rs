@@ -8,11 +8,12 @@ use distkv_network::{Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RequestTotals, Stat,
-    StatusRequest, StatusResponse,
+    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RepairRequest,
+    RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
+use crate::antientropy::{PassReport, RepairPass};
 use crate::api::{BatchEntry, Consistency};
 use crate::coordinator::Node;
 use crate::error::NodeError;
@@ -24,6 +25,7 @@ pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitio
     node: Arc<Node<S, M, P, T>>,
     storage_engine: String,
     virtual_nodes: u32,
+    repair: Option<Arc<dyn RepairPass>>,
 }
 
 impl<S, M, P, T> KeyValueService<S, M, P, T>
@@ -39,7 +41,27 @@ where
             node,
             storage_engine,
             virtual_nodes,
+            repair: None,
         }
+    }
+
+    /// Answers `Repair` with passes of `repair` (without it, `Repair` is UNIMPLEMENTED).
+    pub fn with_repair(mut self, repair: Arc<dyn RepairPass>) -> Self {
+        self.repair = Some(repair);
+        self
+    }
+}
+
+fn repair_response(report: PassReport, done: bool) -> RepairResponse {
+    RepairResponse {
+        keys_compared: report.keys_compared,
+        keys_differing: report.keys_differing,
+        keys_repaired: report.keys_repaired,
+        bytes_moved: report.bytes_moved,
+        ranges: report.ranges,
+        ranges_clean: report.ranges_clean,
+        failures: report.failures,
+        done,
     }
 }
 
@@ -148,6 +170,26 @@ where
                 .map(|c| c.to_context().into())
                 .collect(),
         }))
+    }
+
+    async fn repair(
+        &self,
+        request: Request<RepairRequest>,
+    ) -> Result<Response<RepairResponse>, Status> {
+        let Some(repair) = self.repair.clone() else {
+            return Err(Status::unimplemented(
+                "this node runs no anti-entropy driver, so it cannot repair",
+            ));
+        };
+        if request.into_inner().wait {
+            let report = repair.pass().await;
+            return Ok(Response::new(repair_response(report, true)));
+        }
+        // At most one pass runs: a request while one runs starts nothing more.
+        tokio::spawn(async move {
+            repair.pass_unless_running().await;
+        });
+        Ok(Response::new(repair_response(PassReport::default(), false)))
     }
 
     async fn status(

@@ -63,6 +63,11 @@ pub fn settings(config: &Config) -> NodeSettings {
         hint_replay_batch: r.hint_replay_batch,
         max_vector_entries: r.max_vector_entries,
         probe_interval: config.membership.interval,
+        antientropy: crate::antientropy::AntiEntropySettings {
+            enabled: config.antientropy.enabled,
+            interval: config.antientropy.interval,
+            max_bytes_per_sec: config.antientropy.max_bytes_per_sec,
+        },
         ..NodeSettings::default()
     }
 }
@@ -406,11 +411,14 @@ where
 {
     let message_limit =
         (config.limits.max_value_bytes + config.limits.max_key_bytes) * 2 + (1 << 20);
-    let kv = KeyValueServer::new(KeyValueService::new(
-        parts.node.clone(),
-        engine_name,
-        config.replication.virtual_nodes,
-    ))
+    let kv = KeyValueServer::new(
+        KeyValueService::new(
+            parts.node.clone(),
+            engine_name,
+            config.replication.virtual_nodes,
+        )
+        .with_repair(parts.antientropy.clone()),
+    )
     .max_decoding_message_size(message_limit.max(64 << 20))
     .max_encoding_message_size(usize::MAX);
     // Reflection lists only what clients may call: the peer service is on the peer port.
