@@ -1,0 +1,147 @@
+//! Anti-entropy with real processes: a replica that lost its data directory gets every
+//! key back from `distkv-client repair --wait` (issue 13).
+
+use std::time::{Duration, Instant};
+
+use distkv_proto::v1::{BatchPutRequest, Consistency, GetRequest, KeyValuePair};
+use distkv_tests::{connect, start_loopback_cluster, stderr, stdout, wait_cluster_ready};
+
+/// Keys written. 10,000 in a debug build take a few seconds to write and to repair.
+const KEYS: usize = 10_000;
+
+fn key(i: usize) -> String {
+    format!("ae-key-{i:05}")
+}
+
+fn value(i: usize) -> String {
+    format!("value-{i}")
+}
+
+/// Writes every key at QUORUM through `addr`, in batches of 200.
+async fn write_all(addr: &str) -> anyhow::Result<()> {
+    let mut c = connect(addr).await?;
+    let all: Vec<usize> = (0..KEYS).collect();
+    for batch in all.chunks(200) {
+        let entries = batch
+            .iter()
+            .map(|&i| KeyValuePair {
+                key: key(i).into_bytes().into(),
+                value: value(i).into_bytes().into(),
+                ..KeyValuePair::default()
+            })
+            .collect();
+        c.batch_put(BatchPutRequest {
+            entries,
+            consistency: Consistency::Quorum as i32,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Reads every key at ONE through `addr`; returns the keys missing or wrong. A read
+/// that fails (a coordinator still trying a stopped peer) is retried, bounded.
+async fn missing_at_one(addr: &str) -> anyhow::Result<Vec<String>> {
+    let mut c = connect(addr).await?;
+    let mut missing = Vec::new();
+    for i in 0..KEYS {
+        let mut tries = 0;
+        let values = loop {
+            let get = GetRequest {
+                key: key(i).into_bytes().into(),
+                consistency: Consistency::One as i32,
+            };
+            match c.get(get).await {
+                Ok(r) => break r.into_inner().values,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    if tries == 20 {
+                        anyhow::bail!("reading {} at ONE keeps failing: {e}", key(i));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if values.len() != 1 || values[0][..] != *value(i).as_bytes() {
+            missing.push(key(i));
+        }
+    }
+    Ok(missing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_replica_gets_every_key_back_from_repair() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // No hints and no background passes (interval of an hour): whatever n2 holds after
+    // its restart comes from `repair`.
+    let envs = [
+        ("DISTKV_REPLICATION__REQUEST_TIMEOUT", "2s"),
+        ("DISTKV_REPLICATION__HINTED_HANDOFF", "false"),
+        ("DISTKV_ANTIENTROPY__INTERVAL", "1h"),
+    ];
+    let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &envs))?;
+    let began = Instant::now();
+    write_all(&nodes[0].addr).await?;
+    println!("wrote {KEYS} keys at QUORUM in {:?}", began.elapsed());
+
+    // n2 loses its disk and comes back empty with the same id.
+    tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
+    std::fs::remove_dir_all(&nodes[2].data_dir)?;
+    tokio::task::block_in_place(|| {
+        nodes[2].restart()?;
+        wait_cluster_ready(&nodes, Duration::from_secs(30))
+    })?;
+
+    let began = Instant::now();
+    let out = tokio::task::block_in_place(|| {
+        nodes[2].client(&["--timeout", "5m", "--json", "repair", "--wait"])
+    });
+    let took = began.elapsed();
+    anyhow::ensure!(
+        out.status.success(),
+        "repair failed ({}): {}{}\nlog:\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out),
+        nodes[2].log_text()
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim())?;
+    println!("distkv-client repair --wait on the wiped n2 took {took:?}: {report}");
+    let n = |field: &str| report[field].as_u64().unwrap_or(0);
+    assert_eq!(report["done"], true, "{report}");
+    assert_eq!(n("failures"), 0, "{report}");
+    assert!(
+        n("keys_repaired") >= KEYS as u64,
+        "every key pulled: {report}"
+    );
+    assert_eq!(
+        n("ranges"),
+        n("ranges_clean"),
+        "every range clean: {report}"
+    );
+
+    // A second pass finds nothing more to do.
+    let again = tokio::task::block_in_place(|| {
+        nodes[2].client(&["--timeout", "5m", "--json", "repair", "--wait"])
+    });
+    let again: serde_json::Value = serde_json::from_str(stdout(&again).trim())?;
+    println!("a second pass: {again}");
+    assert_eq!(again["keys_repaired"], 0, "{again}");
+    assert_eq!(again["keys_differing"], 0, "{again}");
+
+    // Only n2 left: every key at ONE comes from its own disk.
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        nodes[0].signal("KILL")?;
+        nodes[1].signal("KILL")?;
+        Ok(())
+    })?;
+    let missing = missing_at_one(&nodes[2].addr).await?;
+    assert!(
+        missing.is_empty(),
+        "{} of {KEYS} keys missing on the repaired n2 at ONE, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    Ok(())
+}
