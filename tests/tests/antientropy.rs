@@ -6,8 +6,14 @@ use std::time::{Duration, Instant};
 use distkv_proto::v1::{BatchPutRequest, Consistency, GetRequest, KeyValuePair};
 use distkv_tests::{connect, start_loopback_cluster, stderr, stdout, wait_cluster_ready};
 
-/// Keys written. 10,000 in a debug build take a few seconds to write and to repair.
-const KEYS: usize = 10_000;
+/// Keys written: 2,000, or `DISTKV_AE_TEST_KEYS` (the 10,000 took 36 s to
+/// repair in a debug build on two shared cores, too long for every test run).
+fn keys() -> usize {
+    std::env::var("DISTKV_AE_TEST_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
 
 fn key(i: usize) -> String {
     format!("ae-key-{i:05}")
@@ -20,7 +26,7 @@ fn value(i: usize) -> String {
 /// Writes every key at QUORUM through `addr`, in batches of 200.
 async fn write_all(addr: &str) -> anyhow::Result<()> {
     let mut c = connect(addr).await?;
-    let all: Vec<usize> = (0..KEYS).collect();
+    let all: Vec<usize> = (0..keys()).collect();
     for batch in all.chunks(200) {
         let entries = batch
             .iter()
@@ -44,7 +50,7 @@ async fn write_all(addr: &str) -> anyhow::Result<()> {
 async fn missing_at_one(addr: &str) -> anyhow::Result<Vec<String>> {
     let mut c = connect(addr).await?;
     let mut missing = Vec::new();
-    for i in 0..KEYS {
+    for i in 0..keys() {
         let mut tries = 0;
         let values = loop {
             let get = GetRequest {
@@ -80,18 +86,26 @@ async fn a_wiped_replica_gets_every_key_back_from_repair() -> anyhow::Result<()>
         ("DISTKV_REPLICATION__HINTED_HANDOFF", "false"),
         ("DISTKV_ANTIENTROPY__INTERVAL", "1h"),
     ];
+    let began = Instant::now();
     let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &envs))?;
+    println!("cluster ready in {:?}", began.elapsed());
+    let keys = keys();
     let began = Instant::now();
     write_all(&nodes[0].addr).await?;
-    println!("wrote {KEYS} keys at QUORUM in {:?}", began.elapsed());
+    println!("wrote {keys} keys at QUORUM in {:?}", began.elapsed());
 
     // n2 loses its disk and comes back empty with the same id.
     tokio::task::block_in_place(|| nodes[2].signal("KILL"))?;
     std::fs::remove_dir_all(&nodes[2].data_dir)?;
+    let began = Instant::now();
     tokio::task::block_in_place(|| {
         nodes[2].restart()?;
         wait_cluster_ready(&nodes, Duration::from_secs(30))
     })?;
+    println!(
+        "n2 restarted empty and reaching its peers in {:?}",
+        began.elapsed()
+    );
 
     let began = Instant::now();
     let out = tokio::task::block_in_place(|| {
@@ -112,7 +126,7 @@ async fn a_wiped_replica_gets_every_key_back_from_repair() -> anyhow::Result<()>
     assert_eq!(report["done"], true, "{report}");
     assert_eq!(n("failures"), 0, "{report}");
     assert!(
-        n("keys_repaired") >= KEYS as u64,
+        n("keys_repaired") >= keys as u64,
         "every key pulled: {report}"
     );
     assert_eq!(
@@ -122,11 +136,12 @@ async fn a_wiped_replica_gets_every_key_back_from_repair() -> anyhow::Result<()>
     );
 
     // A second pass finds nothing more to do.
+    let began = Instant::now();
     let again = tokio::task::block_in_place(|| {
         nodes[2].client(&["--timeout", "5m", "--json", "repair", "--wait"])
     });
     let again: serde_json::Value = serde_json::from_str(stdout(&again).trim())?;
-    println!("a second pass: {again}");
+    println!("a second pass took {:?}: {again}", began.elapsed());
     assert_eq!(again["keys_repaired"], 0, "{again}");
     assert_eq!(again["keys_differing"], 0, "{again}");
 
@@ -136,10 +151,15 @@ async fn a_wiped_replica_gets_every_key_back_from_repair() -> anyhow::Result<()>
         nodes[1].signal("KILL")?;
         Ok(())
     })?;
+    let began = Instant::now();
     let missing = missing_at_one(&nodes[2].addr).await?;
+    println!(
+        "read {keys} keys at ONE from n2 alone in {:?}",
+        began.elapsed()
+    );
     assert!(
         missing.is_empty(),
-        "{} of {KEYS} keys missing on the repaired n2 at ONE, e.g. {:?}",
+        "{} of {keys} keys missing on the repaired n2 at ONE, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(5)]
     );

@@ -9,8 +9,8 @@
 //!
 //! Bounds: one pass at a time per node (a second `repair` waits, a background pass
 //! that finds one running is skipped); one request in flight per pass; at most
-//! [`MAX_ROUNDS`] rounds per (range, peer) and pass, each bounded by the exchange's
-//! limits; pulls in reads of [`PULL_BATCH`] keys; every byte moved is paced by
+//! [`MAX_ROUNDS`] rounds per (range, peer) and pass, and no more once two rounds in a
+//! row pulled nothing, each round bounded by the exchange's limits; pulls in reads of [`PULL_BATCH`] keys; every byte moved is paced by
 //! `antientropy.max_bytes_per_sec`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,9 +31,10 @@ use crate::replica::checks::{self, PeerLimits};
 use crate::replica::{Origin, ReplicaStore};
 use crate::util::blocking;
 
-/// Most comparison rounds with one peer for one range in one pass: a first round finds
-/// suspects, a second confirms and pulls them, a third checks the range is clean.
-pub const MAX_ROUNDS: usize = 4;
+/// Most comparison rounds with one peer for one range in one pass. Rounds alternate:
+/// one finds suspects, the next confirms and pulls them (a round finds at most
+/// `ExchangeLimits::max_differences_per_round` keys), a last one finds the range clean.
+pub const MAX_ROUNDS: usize = 64;
 /// Keys read from a peer per `Read` call when pulling.
 pub const PULL_BATCH: usize = 256;
 /// Most keys remembered as suspects per (peer, range).
@@ -322,7 +323,8 @@ where
     }
 
     /// Compares `range` with `peer` until it is clean (true), nothing more can be
-    /// pulled here, or [`MAX_ROUNDS`] rounds ran (false).
+    /// pulled here (two rounds in a row pulled nothing), or [`MAX_ROUNDS`] rounds ran
+    /// (false).
     async fn sync_range(
         &self,
         state: &mut PassState,
@@ -334,7 +336,8 @@ where
         let suspects = suspects
             .entry((peer.id.clone(), range))
             .or_insert_with(|| Suspects::new(MAX_SUSPECTS));
-        for round in 0..MAX_ROUNDS {
+        let mut idle_rounds = 0;
+        for _ in 0..MAX_ROUNDS {
             let outcome = self.round(peer, range, suspects, throttle).await?;
             report.keys_compared += outcome.stats.keys_compared;
             report.keys_differing += outcome.stats.differing;
@@ -349,9 +352,11 @@ where
                 .map(|d| d.key)
                 .collect();
             let pulled = self.pull(peer, wanted, throttle, report).await?;
-            // Go on while rounds make progress: the first finds suspects, later ones
-            // pull them or find more of an incomplete round.
-            if round > 0 && pulled == 0 && outcome.complete {
+            // Go on while rounds make progress: a round that only found suspects is
+            // followed by one that pulls them; two idle rounds in a row mean what is left
+            // differing cannot be pulled from here (the peer lacks it and pulls it itself).
+            idle_rounds = if pulled == 0 { idle_rounds + 1 } else { 0 };
+            if idle_rounds >= 2 {
                 return Ok(false);
             }
         }
