@@ -145,6 +145,25 @@ async fn a_wiped_replica_gets_every_key_back_from_repair() -> anyhow::Result<()>
     assert_eq!(again["keys_repaired"], 0, "{again}");
     assert_eq!(again["keys_differing"], 0, "{again}");
 
+    // Status shows every range with its last clean pass.
+    let status = tokio::task::block_in_place(|| nodes[2].client(&["--json", "status"]));
+    let status: serde_json::Value = serde_json::from_str(stdout(&status).trim())?;
+    let ranges = status["antientropy_ranges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ranges.len() as u64, n("ranges"), "{status}");
+    assert!(
+        ranges.iter().all(|r| r["last_clean_ms"].as_u64().is_some()),
+        "{status}"
+    );
+    let text = tokio::task::block_in_place(|| nodes[2].client(&["status"]));
+    assert!(
+        stdout(&text).contains("0 never found clean"),
+        "{}",
+        stdout(&text)
+    );
+
     // Only n2 left: every key at ONE comes from its own disk.
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
         nodes[0].signal("KILL")?;

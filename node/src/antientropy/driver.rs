@@ -478,6 +478,8 @@ pub trait RepairPass: Send + Sync + 'static {
     async fn pass(&self) -> PassReport;
     /// Runs a pass now unless one is in progress (then `None`).
     async fn pass_unless_running(&self) -> Option<PassReport>;
+    /// Each range's numbers from its last pass, in token order.
+    fn range_stats(&self) -> Vec<(TokenRange, RangeStats)>;
 }
 
 #[async_trait::async_trait]
@@ -494,6 +496,10 @@ where
 
     async fn pass_unless_running(&self) -> Option<PassReport> {
         AntiEntropy::pass_unless_running(self).await
+    }
+
+    fn range_stats(&self) -> Vec<(TokenRange, RangeStats)> {
+        AntiEntropy::range_stats(self)
     }
 }
 

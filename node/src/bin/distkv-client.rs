@@ -544,6 +544,15 @@ async fn run(args: Args) -> Result<u8, Failure> {
                     "block_cache_hit_rate": summary.cache_hit_rate,
                     "compactions": summary.compactions,
                     "sstables_per_level": summary.levels.iter().map(|(l, files, bytes)| serde_json::json!({"level": l, "files": files, "bytes": bytes})).collect::<Vec<_>>(),
+                    "antientropy_ranges": s.antientropy_ranges.iter().map(|r| serde_json::json!({
+                        "start": r.start,
+                        "end": r.end,
+                        "last_clean_ms": r.last_clean_ms,
+                        "keys_compared": r.keys_compared,
+                        "keys_differing": r.keys_differing,
+                        "keys_repaired": r.keys_repaired,
+                        "bytes_moved": r.bytes_moved,
+                    })).collect::<Vec<_>>(),
                 });
                 out(format!("{doc}\n").as_bytes())?;
                 return Ok(0);
@@ -560,6 +569,10 @@ async fn run(args: Args) -> Result<u8, Failure> {
             text.push_str(&format!(
                 "quorums   N={} R={} W={}, {} virtual nodes per member\n",
                 s.replicas, s.read_quorum, s.write_quorum, s.virtual_nodes
+            ));
+            text.push_str(&format!(
+                "repair    {}\n",
+                antientropy_line(&s.antientropy_ranges)
             ));
             let alive = s.members.iter().filter(|m| m.liveness == "alive").count();
             let dead = s.members.iter().filter(|m| m.liveness == "dead").count();
@@ -596,6 +609,31 @@ async fn run(args: Args) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+/// One line on the anti-entropy passes: ranges, how many were ever clean, and how long
+/// ago the oldest last clean pass was.
+fn antientropy_line(ranges: &[distkv_proto::v1::RangeRepair]) -> String {
+    if ranges.is_empty() {
+        return "no anti-entropy pass yet".to_string();
+    }
+    let clean: Vec<u64> = ranges.iter().filter_map(|r| r.last_clean_ms).collect();
+    let never = ranges.len() - clean.len();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let oldest = match clean.iter().min() {
+        Some(&ms) => format!(
+            ", oldest last clean pass {} ago",
+            humantime::format_duration(Duration::from_secs(now.saturating_sub(ms) / 1000))
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{} ranges, {} never found clean since the node started{oldest}",
+        ranges.len(),
+        never
+    )
 }
 
 /// The operator's summary of a Status answer: request totals and errors, memory, cache

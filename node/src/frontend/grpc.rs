@@ -8,8 +8,8 @@ use distkv_network::{Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RepairRequest,
-    RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
+    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RangeRepair,
+    RepairRequest, RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -210,6 +210,22 @@ where
             }),
             resident_memory_bytes: observe::resident_memory_bytes().unwrap_or(0),
             open_fds: observe::open_fds().unwrap_or(0),
+            antientropy_ranges: self
+                .repair
+                .as_ref()
+                .map(|r| r.range_stats())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(range, s)| RangeRepair {
+                    start: range.start,
+                    end: range.end,
+                    last_clean_ms: s.last_clean_ms,
+                    keys_compared: s.last_pass.keys_compared,
+                    keys_differing: s.last_pass.keys_differing,
+                    keys_repaired: s.last_pass.keys_repaired,
+                    bytes_moved: s.last_pass.bytes_moved,
+                })
+                .collect(),
             node_id: node.local().id.clone(),
             address: node.local().address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
