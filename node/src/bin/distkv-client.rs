@@ -507,7 +507,14 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 .as_bytes())?;
             }
             // Some comparison failed (peer down, tree being rebuilt): not clean yet.
-            Ok(if r.done && r.failures > 0 { 1 } else { 0 })
+            if r.done && r.failures > 0 {
+                eprintln!(
+                    "distkv-client: {} comparisons failed (a peer unreachable, or a tree still being rebuilt after a restart); the node's log says which: run repair again once they are up",
+                    r.failures
+                );
+                return Ok(1);
+            }
+            Ok(0)
         }
         Command::Status => {
             let s = client.status(StatusRequest {}).await?.into_inner();
