@@ -331,6 +331,7 @@ mod tests {
                 Req::Gossip(_) | Req::LayoutPull(_) | Req::Join(_) => {
                     Err(HandlerError::Refused("not served here".into()))
                 }
+                Req::AntiEntropy(_) => Err(HandlerError::Refused("anti-entropy refused".into())),
             }
         }
     }

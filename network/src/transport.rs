@@ -10,10 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse};
 use distkv_proto::v1::{
-    GossipRequest, GossipResponse, JoinRequest, JoinResponse, KeyRecord, LayoutPullRequest,
-    LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse,
-    PingRequest, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
-    ReplicateResponse,
+    AntiEntropyRequest, AntiEntropyResponse, GossipRequest, GossipResponse, JoinRequest,
+    JoinResponse, KeyRecord, LayoutPullRequest, LayoutPullResponse, MergeRequest, MergeResponse,
+    PeerReadRequest, PeerReadResponse, PingRequest, PingResponse, RangePullRequest,
+    RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -82,6 +82,7 @@ peer_rpcs! {
     Gossip("gossip"): GossipRequest => GossipResponse,
     LayoutPull("layout_pull"): LayoutPullRequest => LayoutPullResponse,
     Join("join"): JoinRequest => JoinResponse,
+    AntiEntropy("anti_entropy"): AntiEntropyRequest => AntiEntropyResponse,
 }
 
 /// The checksum of a range-pull page, `RangePullResponse::checksum`: XXH3-64 over, per

@@ -93,6 +93,8 @@ pub struct NodeSettings {
     pub max_streams_per_connection: u32,
     /// Most client requests in flight; one beyond is answered RESOURCE_EXHAUSTED.
     pub max_concurrent_requests: usize,
+    /// Anti-entropy (`[antientropy]`).
+    pub antientropy: crate::antientropy::AntiEntropySettings,
 }
 
 impl Default for NodeSettings {
@@ -124,6 +126,7 @@ impl Default for NodeSettings {
             idle_timeout: Duration::from_secs(60),
             max_streams_per_connection: 1024,
             max_concurrent_requests: 8192,
+            antientropy: crate::antientropy::AntiEntropySettings::default(),
         }
     }
 }

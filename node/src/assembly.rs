@@ -7,12 +7,14 @@ use distkv_engine::StorageEngine;
 use distkv_network::{Membership, MembershipEvent, Transport};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::antientropy::driver::DriverParts;
+use crate::antientropy::{upkeep, AntiEntropy, HashTree, TreeShape};
 use crate::api::NodeSettings;
 use crate::coordinator::{Node, NodeParts};
 use crate::handoff::{Handoff, HintStore};
 use crate::placement::{Partitioner, Placement, PlacementSnapshot};
 use crate::rebalance::Joiner;
-use crate::replica::{PeerEndpoint, PeerLimits, ReplicaStore, Replicas};
+use crate::replica::{MergeObserver, PeerEndpoint, PeerLimits, ReplicaStore, Replicas};
 use crate::supervisor::Supervisor;
 
 /// The subsystems of one node, wired together.
@@ -33,6 +35,12 @@ pub struct Assembled<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T
     pub transport: Arc<T>,
     /// How replicas are reached.
     pub replicas: Arc<Replicas<S, T>>,
+    /// The anti-entropy hash tree, kept current by the store (not ready until the
+    /// start-up rebuild of [`Assembled::start_background`] is done).
+    pub tree: Arc<parking_lot::Mutex<HashTree>>,
+    /// The anti-entropy driver (its background passes run only when enabled; `repair`
+    /// runs a pass either way).
+    pub antientropy: Arc<AntiEntropy<S, M, P, T>>,
     settings: NodeSettings,
 }
 
@@ -51,13 +59,20 @@ where
     T: Transport,
 {
     let local = membership.local().clone();
-    let store = Arc::new(ReplicaStore::new(
+    // Not ready until the start-up rebuild has read the store; meanwhile peers' questions
+    // are answered NotReady and writes still update it.
+    let tree = Arc::new(parking_lot::Mutex::new(HashTree::new_rebuilding(
+        TreeShape::default(),
+    )));
+    let observer: Arc<dyn MergeObserver> = tree.clone();
+    let store = Arc::new(ReplicaStore::with_observer(
         storage,
         settings.conflict,
         settings.max_siblings,
         P::token,
         &local.id,
         settings.replica_queue_depth,
+        Some(observer),
     ));
     let replicas = Replicas::new(
         local.clone(),
@@ -92,8 +107,22 @@ where
             store.clone(),
             PeerLimits::from_settings(&settings),
         )
-        .with_membership(membership.clone()),
+        .with_membership(membership.clone())
+        .with_antientropy(tree.clone()),
     );
+    let antientropy = Arc::new(AntiEntropy::new(
+        DriverParts {
+            store: store.clone(),
+            tree: tree.clone(),
+            membership: membership.clone(),
+            placement: placement.clone(),
+            transport: transport.clone(),
+        },
+        settings.replicas,
+        settings.request_timeout,
+        PeerLimits::from_settings(&settings),
+        settings.antientropy,
+    ));
     Assembled {
         node,
         peer,
@@ -103,6 +132,8 @@ where
         membership,
         transport,
         replicas,
+        tree,
+        antientropy,
         settings,
     }
 }
@@ -115,9 +146,40 @@ where
     T: Transport,
 {
     /// Starts the node's background work under `supervisor`: hint replay, the
-    /// membership's round (gossip, or the liveness probe of every member), and the placement updater that installs a new snapshot
-    /// when the layout changes.
+    /// membership's round (gossip, or the liveness probe of every member), the placement
+    /// updater that installs a new snapshot when the layout changes, the anti-entropy
+    /// tree's rebuild from the store and, when enabled, the anti-entropy passes.
     pub fn start_background(&self, supervisor: &Supervisor) {
+        let (store, tree) = (self.store.clone(), self.tree.clone());
+        supervisor.spawn("antientropy-rebuild", async move {
+            let began = std::time::Instant::now();
+            match upkeep::rebuild(store, tree, REBUILD_PAGE).await {
+                Ok(()) => tracing::info!(
+                    took_ms = began.elapsed().as_millis() as u64,
+                    "anti-entropy tree rebuilt from storage"
+                ),
+                Err(error) => tracing::error!(
+                    %error,
+                    "rebuilding the anti-entropy tree failed: this node answers no comparisons and runs none until it restarts; fix the storage error above and restart it"
+                ),
+            }
+        });
+        if self.settings.antientropy.enabled {
+            let driver = self.antientropy.clone();
+            let interval = self.settings.antientropy.interval;
+            // The first pass one interval after start-up: by then the tree is rebuilt
+            // and the peers are heard from.
+            supervisor.spawn("antientropy", async move {
+                let first = tokio::time::Instant::now() + interval;
+                let mut tick = tokio::time::interval_at(first, interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    // A pass started by `repair` is as good as this one.
+                    driver.pass_unless_running().await;
+                }
+            });
+        }
         if let Some(handoff) = &self.handoff {
             let handoff = handoff.clone();
             supervisor.every(
@@ -164,6 +226,10 @@ where
         }
     }
 }
+
+/// Keys read per step of the anti-entropy tree's rebuild (each step runs between two
+/// merges on the store's writer).
+const REBUILD_PAGE: usize = 1024;
 
 /// Installs a placement snapshot for every new layout `membership` announces, until the
 /// membership goes away. A subscriber that lagged re-reads the layout, so it never misses

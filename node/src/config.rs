@@ -67,6 +67,8 @@ pub struct Config {
     pub membership: MembershipConfig,
     /// Moving data when the layout changes (joins).
     pub rebalance: RebalanceConfig,
+    /// Anti-entropy: comparing replicas in the background and pulling what differs.
+    pub antientropy: AntiEntropyConfig,
     /// How the node calls its peers.
     pub transport: TransportConfig,
     /// Logging.
@@ -93,6 +95,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             membership: MembershipConfig::default(),
             rebalance: RebalanceConfig::default(),
+            antientropy: AntiEntropyConfig::default(),
             transport: TransportConfig::default(),
             log: LogConfig::default(),
             tls: TlsConfig::default(),
@@ -284,6 +287,31 @@ impl Default for MembershipConfig {
             interval: Duration::from_secs(1),
             phi_threshold: 8.0,
             fanout: 3,
+        }
+    }
+}
+
+/// Anti-entropy settings (`[antientropy]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AntiEntropyConfig {
+    /// Compare every range with its live replicas every `interval`. Off, replicas that
+    /// missed writes converge only through read repair, hints and `distkv-client repair`.
+    pub enabled: bool,
+    /// Time between the starts of two passes over every range this node replicates
+    /// (a pass that overruns delays the next).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most bytes per second a pass moves (comparison messages and pulled records).
+    pub max_bytes_per_sec: u64,
+}
+
+impl Default for AntiEntropyConfig {
+    fn default() -> Self {
+        AntiEntropyConfig {
+            enabled: true,
+            interval: Duration::from_secs(60),
+            max_bytes_per_sec: 8 << 20,
         }
     }
 }
@@ -998,6 +1026,23 @@ impl Config {
                 "must be from 1 to 64 (default 3)".into(),
             ));
         }
+        let ae = &self.antientropy;
+        if ae.interval < Duration::from_millis(100)
+            || ae.interval > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(bad(
+                "antientropy.interval",
+                &format!("{:?}", ae.interval),
+                "must be from 100ms to 7 days (default 60s)".into(),
+            ));
+        }
+        if ae.max_bytes_per_sec < 64 * 1024 {
+            return Err(bad(
+                "antientropy.max_bytes_per_sec",
+                &ae.max_bytes_per_sec,
+                "must be at least 65536 (64 KiB/s; default 8388608, 8 MiB/s): below it a pass over a large store never ends".into(),
+            ));
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_key_bytes", l.max_key_bytes),
@@ -1347,6 +1392,54 @@ mod tests {
             jail.create_file("plugin.toml", "[storage]\nengine = \"plugin\"\n")?;
             let msg = err_of(load(Some(Path::new("plugin.toml")), Flags::default()));
             assert!(msg.contains("storage.plugin.path"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn antientropy_settings_default_load_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let defaults = load(None, Flags::default()).unwrap().config.antientropy;
+            assert!(defaults.enabled);
+            assert_eq!(defaults.interval, Duration::from_secs(60));
+            assert_eq!(defaults.max_bytes_per_sec, 8 << 20);
+            jail.create_file(
+                "ae.toml",
+                "[antientropy]\nenabled = false\ninterval = \"5m\"\nmax_bytes_per_sec = 1048576\n",
+            )?;
+            let file = load(Some(Path::new("ae.toml")), Flags::default())
+                .unwrap()
+                .config
+                .antientropy;
+            assert_eq!(
+                file,
+                AntiEntropyConfig {
+                    enabled: false,
+                    interval: Duration::from_secs(300),
+                    max_bytes_per_sec: 1 << 20,
+                }
+            );
+            jail.set_env("DISTKV_ANTIENTROPY__INTERVAL", "2s");
+            let env = load(Some(Path::new("ae.toml")), Flags::default())
+                .unwrap()
+                .config;
+            assert_eq!(env.antientropy.interval, Duration::from_secs(2));
+            jail.set_env("DISTKV_ANTIENTROPY__INTERVAL", "1ms");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(
+                msg.contains("antientropy.interval")
+                    && msg.contains("DISTKV_ANTIENTROPY__INTERVAL"),
+                "{msg}"
+            );
+            jail.set_env("DISTKV_ANTIENTROPY__INTERVAL", "1s");
+            jail.set_env("DISTKV_ANTIENTROPY__MAX_BYTES_PER_SEC", "10");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(msg.contains("antientropy.max_bytes_per_sec"), "{msg}");
+            jail.create_file("typo.toml", "[antientropy]\nintervall = \"1s\"\n")?;
+            jail.set_env("DISTKV_ANTIENTROPY__MAX_BYTES_PER_SEC", "65536");
+            let msg = err_of(load(Some(Path::new("typo.toml")), Flags::default()));
+            assert!(msg.contains("intervall"), "{msg}");
             Ok(())
         });
     }

@@ -22,11 +22,14 @@
 //! Nothing here does I/O, sleeps or reads a clock: the driver (RPCs, timers, throttle)
 //! passes `now` and carries the messages.
 
+pub mod driver;
 pub mod exchange;
 pub mod gc;
 pub mod tree;
 pub mod upkeep;
+pub mod wire;
 
+pub use driver::{AntiEntropy, AntiEntropySettings, PassReport, RangeStats, RepairPass};
 pub use exchange::{
     answer, DiffKind, Difference, Exchange, ExchangeError, ExchangeLimits, ExchangeStats, KeyHash,
     KeyHashSource, Request, Response, RoundReport, ServeError, ServeLimits, Suspects,

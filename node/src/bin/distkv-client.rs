@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use distkv_proto::v1::key_value_client::KeyValueClient;
 use distkv_proto::v1::{
     BatchPutRequest, Consistency, DeleteRequest, GetRequest, KeyValuePair, PutRequest,
-    RemoveNodeRequest, StatusRequest,
+    RemoveNodeRequest, RepairRequest, StatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -139,6 +139,15 @@ enum Command {
     RemoveNode {
         /// The id of the node to remove (as `status` lists it).
         node_id: String,
+    },
+    /// Compare every token range the node replicates with its live replicas now and
+    /// pull what differs (one anti-entropy pass). Without --wait it only starts the pass.
+    Repair {
+        /// Answer when the pass is done and print keys compared / differing / repaired
+        /// and bytes moved. The pass must end within --timeout: give a long one (e.g.
+        /// --timeout 1h) for a large node.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -500,6 +509,41 @@ async fn run(args: Args) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::Repair { wait } => {
+            let r = client.repair(RepairRequest { wait }).await?.into_inner();
+            if args.json {
+                let doc = serde_json::json!({
+                    "done": r.done,
+                    "keys_compared": r.keys_compared,
+                    "keys_differing": r.keys_differing,
+                    "keys_repaired": r.keys_repaired,
+                    "bytes_moved": r.bytes_moved,
+                    "ranges": r.ranges,
+                    "ranges_clean": r.ranges_clean,
+                    "failures": r.failures,
+                });
+                out(format!("{doc}\n").as_bytes())?;
+            } else if !r.done {
+                out(
+                    b"repair started (run `distkv-client repair --wait` to wait for its numbers)\n",
+                )?;
+            } else {
+                out(format!(
+                    "keys compared  {}\nkeys differing {}\nkeys repaired  {}\nbytes moved    {}\nranges         {} ({} clean, {} comparisons failed)\n",
+                    r.keys_compared, r.keys_differing, r.keys_repaired, r.bytes_moved, r.ranges, r.ranges_clean, r.failures
+                )
+                .as_bytes())?;
+            }
+            // Some comparison failed (peer down, tree being rebuilt): not clean yet.
+            if r.done && r.failures > 0 {
+                eprintln!(
+                    "distkv-client: {} comparisons failed (a peer unreachable, or a tree still being rebuilt after a restart); the node's log says which: run repair again once they are up",
+                    r.failures
+                );
+                return Ok(1);
+            }
+            Ok(0)
+        }
         Command::Status => {
             let s = client.status(StatusRequest {}).await?.into_inner();
             let summary = StatusSummary::of(&s);
@@ -535,6 +579,15 @@ async fn run(args: Args) -> Result<u8, Failure> {
                     "block_cache_hit_rate": summary.cache_hit_rate,
                     "compactions": summary.compactions,
                     "sstables_per_level": summary.levels.iter().map(|(l, files, bytes)| serde_json::json!({"level": l, "files": files, "bytes": bytes})).collect::<Vec<_>>(),
+                    "antientropy_ranges": s.antientropy_ranges.iter().map(|r| serde_json::json!({
+                        "start": r.start,
+                        "end": r.end,
+                        "last_clean_ms": r.last_clean_ms,
+                        "keys_compared": r.keys_compared,
+                        "keys_differing": r.keys_differing,
+                        "keys_repaired": r.keys_repaired,
+                        "bytes_moved": r.bytes_moved,
+                    })).collect::<Vec<_>>(),
                 });
                 out(format!("{doc}\n").as_bytes())?;
                 return Ok(0);
@@ -557,6 +610,10 @@ async fn run(args: Args) -> Result<u8, Failure> {
             let alive = current().filter(|m| m.liveness == "alive").count();
             let dead = current().filter(|m| m.liveness == "dead").count();
             let total = current().count();
+            text.push_str(&format!(
+                "repair    {}\n",
+                antientropy_line(&s.antientropy_ranges)
+            ));
             text.push_str(&format!(
                 "members   {total} total nodes, {alive} alive, {dead} dead ({:.1}% availability)\n",
                 if total == 0 {
@@ -589,6 +646,31 @@ async fn run(args: Args) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+/// One line on the anti-entropy passes: ranges, how many were ever clean, and how long
+/// ago the oldest last clean pass was.
+fn antientropy_line(ranges: &[distkv_proto::v1::RangeRepair]) -> String {
+    if ranges.is_empty() {
+        return "no anti-entropy pass yet".to_string();
+    }
+    let clean: Vec<u64> = ranges.iter().filter_map(|r| r.last_clean_ms).collect();
+    let never = ranges.len() - clean.len();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let oldest = match clean.iter().min() {
+        Some(&ms) => format!(
+            ", oldest last clean pass {} ago",
+            humantime::format_duration(Duration::from_secs(now.saturating_sub(ms) / 1000))
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{} ranges, {} never found clean since the node started{oldest}",
+        ranges.len(),
+        never
+    )
 }
 
 /// The operator's summary of a Status answer: request totals and errors, memory, cache

@@ -8,11 +8,13 @@ use distkv_network::{plan_removal, Liveness, Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RemoveNodeRequest,
-    RemoveNodeResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
+    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RangeRepair,
+    RemoveNodeRequest, RemoveNodeResponse, RepairRequest, RepairResponse, RequestTotals, Stat,
+    StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
+use crate::antientropy::{PassReport, RepairPass};
 use crate::api::{BatchEntry, Consistency};
 use crate::coordinator::Node;
 use crate::error::NodeError;
@@ -24,6 +26,7 @@ pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitio
     node: Arc<Node<S, M, P, T>>,
     storage_engine: String,
     virtual_nodes: u32,
+    repair: Option<Arc<dyn RepairPass>>,
 }
 
 impl<S, M, P, T> KeyValueService<S, M, P, T>
@@ -39,7 +42,27 @@ where
             node,
             storage_engine,
             virtual_nodes,
+            repair: None,
         }
+    }
+
+    /// Answers `Repair` with passes of `repair` (without it, `Repair` is UNIMPLEMENTED).
+    pub fn with_repair(mut self, repair: Arc<dyn RepairPass>) -> Self {
+        self.repair = Some(repair);
+        self
+    }
+}
+
+fn repair_response(report: PassReport, done: bool) -> RepairResponse {
+    RepairResponse {
+        keys_compared: report.keys_compared,
+        keys_differing: report.keys_differing,
+        keys_repaired: report.keys_repaired,
+        bytes_moved: report.bytes_moved,
+        ranges: report.ranges,
+        ranges_clean: report.ranges_clean,
+        failures: report.failures,
+        done,
     }
 }
 
@@ -172,6 +195,26 @@ where
         }))
     }
 
+    async fn repair(
+        &self,
+        request: Request<RepairRequest>,
+    ) -> Result<Response<RepairResponse>, Status> {
+        let Some(repair) = self.repair.clone() else {
+            return Err(Status::unimplemented(
+                "this node runs no anti-entropy driver, so it cannot repair",
+            ));
+        };
+        if request.into_inner().wait {
+            let report = repair.pass().await;
+            return Ok(Response::new(repair_response(report, true)));
+        }
+        // At most one pass runs: a request while one runs starts nothing more.
+        tokio::spawn(async move {
+            repair.pass_unless_running().await;
+        });
+        Ok(Response::new(repair_response(PassReport::default(), false)))
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,
@@ -190,6 +233,22 @@ where
             }),
             resident_memory_bytes: observe::resident_memory_bytes().unwrap_or(0),
             open_fds: observe::open_fds().unwrap_or(0),
+            antientropy_ranges: self
+                .repair
+                .as_ref()
+                .map(|r| r.range_stats())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(range, s)| RangeRepair {
+                    start: range.start,
+                    end: range.end,
+                    last_clean_ms: s.last_clean_ms,
+                    keys_compared: s.last_pass.keys_compared,
+                    keys_differing: s.last_pass.keys_differing,
+                    keys_repaired: s.last_pass.keys_repaired,
+                    bytes_moved: s.last_pass.bytes_moved,
+                })
+                .collect(),
             node_id: node.local().id.clone(),
             address: node.local().address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -12,13 +12,15 @@ use distkv_network::{
     HandlerError, Layout, LayoutError, Membership, PeerHandler,
 };
 use distkv_proto::v1::{
-    GossipRequest, GossipResponse, JoinRequest, JoinResponse, KeyRecord, LayoutPullResponse,
-    MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse, PingResponse, RangePullRequest,
-    RangePullResponse, ReplicateRequest, ReplicateResponse,
+    AntiEntropyRequest, AntiEntropyResponse, GossipRequest, GossipResponse, JoinRequest,
+    JoinResponse, KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest,
+    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
+    ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
 use super::{origin_from_wire, outcome_to_wire, Incoming, Origin, ReplicaStore};
+use crate::antientropy::{wire, HashTree, ServeError, ServeLimits};
 use crate::coordinator::now_micros;
 use crate::error::NodeError;
 use crate::placement::TokenRange;
@@ -39,6 +41,7 @@ pub struct PeerEndpoint<S: StorageEngine + ?Sized> {
     store: Arc<ReplicaStore<S>>,
     limits: PeerLimits,
     membership: Option<Arc<dyn MembershipCalls>>,
+    tree: Option<Arc<parking_lot::Mutex<HashTree>>>,
 }
 
 /// The peer calls membership answers: pings (with the process generation) and gossip.
@@ -94,7 +97,15 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
             store,
             limits,
             membership: None,
+            tree: None,
         }
+    }
+
+    /// Answers anti-entropy comparisons from `tree` (this node's hash tree, kept
+    /// current by the store) and the store's key hashes.
+    pub fn with_antientropy(mut self, tree: Arc<parking_lot::Mutex<HashTree>>) -> Self {
+        self.tree = Some(tree);
+        self
     }
 
     /// Answers pings with `membership`'s generation and hands it gossip calls.
@@ -228,6 +239,48 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
     }
 }
 
+impl<S: StorageEngine + ?Sized + 'static> PeerEndpoint<S> {
+    /// One question of a peer's comparison. The question names tree nodes or a token
+    /// interval, not a range, so it is not checked against the ranges this node
+    /// replicates: an answer about tokens this node does not hold simply shows no keys,
+    /// and the asking node then finds nothing to pull from here.
+    async fn anti_entropy(
+        &self,
+        from: &str,
+        request: AntiEntropyRequest,
+    ) -> Result<AntiEntropyResponse, HandlerError> {
+        let Some(tree) = self.tree.clone() else {
+            return Err(HandlerError::Refused(format!(
+                "anti-entropy question from {from} refused: this node keeps no anti-entropy tree"
+            )));
+        };
+        let request = wire::request_from_wire(request, self.limits.max_key_bytes).map_err(|e| {
+            HandlerError::Refused(format!("anti-entropy question from {from} refused: {e}"))
+        })?;
+        let store = self.store.clone();
+        // Key pages read storage: off the async workers. The tree stays locked for one
+        // page at most (ServeLimits::max_keys keys).
+        let answer = blocking(move || {
+            let tree = tree.lock();
+            Ok(crate::antientropy::answer(
+                &tree,
+                &*store,
+                &request,
+                &ServeLimits::default(),
+            ))
+        })
+        .await
+        .map_err(storage_error)?;
+        match answer {
+            Ok(response) => Ok(wire::response_to_wire(&response)),
+            Err(e @ ServeError::Refused(_)) => {
+                Err(HandlerError::Refused(format!("{e} (question from {from})")))
+            }
+            Err(e) => Err(HandlerError::Failed(e.to_string())),
+        }
+    }
+}
+
 fn storage_error(e: NodeError) -> HandlerError {
     match e {
         NodeError::Unavailable(m) => HandlerError::Unavailable(m),
@@ -273,7 +326,7 @@ fn join(
 }
 
 #[async_trait]
-impl<S: StorageEngine + ?Sized> PeerHandler for PeerEndpoint<S> {
+impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
     async fn handle(
         &self,
         from: &str,
@@ -290,6 +343,7 @@ impl<S: StorageEngine + ?Sized> PeerHandler for PeerEndpoint<S> {
                 generation: self.membership.as_ref().map_or(0, |m| m.generation()),
             })),
             Req::RangePull(r) => self.range_pull(from, r).await.map(Resp::RangePull),
+            Req::AntiEntropy(r) => self.anti_entropy(from, r).await.map(Resp::AntiEntropy),
             Req::Gossip(r) => match &self.membership {
                 Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
                 None => Err(HandlerError::Refused(format!(

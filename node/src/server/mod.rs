@@ -65,6 +65,11 @@ pub fn settings(config: &Config) -> NodeSettings {
         max_vector_entries: r.max_vector_entries,
         probe_interval: config.membership.interval,
         rebalance_max_bytes_per_sec: config.rebalance.max_bytes_per_sec,
+        antientropy: crate::antientropy::AntiEntropySettings {
+            enabled: config.antientropy.enabled,
+            interval: config.antientropy.interval,
+            max_bytes_per_sec: config.antientropy.max_bytes_per_sec,
+        },
         ..NodeSettings::default()
     }
 }
@@ -495,11 +500,14 @@ where
 {
     let message_limit =
         (config.limits.max_value_bytes + config.limits.max_key_bytes) * 2 + (1 << 20);
-    let kv = KeyValueServer::new(KeyValueService::new(
-        parts.node.clone(),
-        engine_name,
-        config.replication.virtual_nodes,
-    ))
+    let kv = KeyValueServer::new(
+        KeyValueService::new(
+            parts.node.clone(),
+            engine_name,
+            config.replication.virtual_nodes,
+        )
+        .with_repair(parts.antientropy.clone()),
+    )
     .max_decoding_message_size(message_limit.max(64 << 20))
     .max_encoding_message_size(usize::MAX);
     // Reflection lists only what clients may call: the peer service is on the peer port.
