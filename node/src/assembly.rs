@@ -41,6 +41,10 @@ pub struct Assembled<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T
     /// The anti-entropy driver (its background passes run only when enabled; `repair`
     /// runs a pass either way).
     pub antientropy: Arc<AntiEntropy<S, M, P, T>>,
+    /// Joins and decommissions of this node.
+    pub rebalance: Arc<Joiner<S, M, P, T>>,
+    /// Notified when the node should stop on its own (after a decommission).
+    pub stop: Arc<tokio::sync::Notify>,
     settings: NodeSettings,
 }
 
@@ -123,7 +127,20 @@ where
         PeerLimits::from_settings(&settings),
         settings.antientropy,
     ));
+    let rebalance = Arc::new(Joiner {
+        local: membership.local().clone(),
+        membership: membership.clone(),
+        transport: transport.clone(),
+        store: store.clone(),
+        placement: placement.clone(),
+        limits: PeerLimits::from_settings(&settings),
+        replicas: settings.replicas,
+        max_bytes_per_sec: settings.rebalance_max_bytes_per_sec,
+        timeout: settings.request_timeout,
+    });
     Assembled {
+        rebalance,
+        stop: Arc::new(tokio::sync::Notify::new()),
         node,
         peer,
         store,
@@ -208,18 +225,8 @@ where
             "placement-updater",
             follow_layout(self.membership.clone(), self.placement.clone()),
         );
-        let joiner = Joiner {
-            local: self.membership.local().clone(),
-            membership: self.membership.clone(),
-            transport: self.transport.clone(),
-            store: self.store.clone(),
-            placement: self.placement.clone(),
-            limits: PeerLimits::from_settings(&self.settings),
-            replicas: self.settings.replicas,
-            max_bytes_per_sec: self.settings.rebalance_max_bytes_per_sec,
-            timeout: self.settings.request_timeout,
-        };
-        if joiner.needed() {
+        if self.rebalance.needed() {
+            let joiner = self.rebalance.clone();
             supervisor.spawn("join", async move {
                 joiner.run().await;
             });

@@ -18,16 +18,25 @@
 //!
 //! A restart while joining starts the stream again from the first page (merges are
 //! idempotent); resuming per range is not built yet.
+//!
+//! Leaving (decommission) is the mirror: layout `v + 1` with this node `leaving` (it
+//! still owns its ranges; writes reach old and new owners), the same barrier, then this
+//! node pushes every range it replicates to the replicas that gain it (paged local
+//! scans, `Merge` calls with the repair origin, throttled), then `v + 2` with it `left`.
+//! Writes it missed reach the new owners from the other replicas by read repair and
+//! anti-entropy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distkv_engine::StorageEngine;
 use distkv_network::{
-    decode_layout, range_checksum, Layout, MemberState, Membership, NodeInfo, PeerError, Transport,
-    TransportExt, DEFAULT_MAX_NODES,
+    decode_layout, plan_leave, plan_leave_done, range_checksum, Layout, MemberState, Membership,
+    NodeInfo, PeerError, Transport, TransportExt, DEFAULT_MAX_NODES,
 };
-use distkv_proto::v1::{JoinRequest, LayoutPullRequest, RangePullRequest};
+use distkv_proto::v1::{
+    JoinRequest, LayoutPullRequest, MergeEntry, MergeRequest, RangePullRequest, WriteOrigin,
+};
 
 use crate::coordinator::now_micros;
 use crate::placement::{Partitioner, Placement, TokenRange};
@@ -208,10 +217,8 @@ where
         }
     }
 
-    /// Streams every range this node will replicate from every live current replica.
-    async fn stream(&self, version: u64) -> Result<StreamStats, String> {
-        // The placement updater installs the joining layout's snapshot shortly after it
-        // is applied.
+    /// Waits (bounded) until the placement updater installed layout `version`.
+    async fn placement_of(&self, version: u64) -> Result<(), String> {
         let deadline = Instant::now() + BARRIER_WAIT;
         while self.placement.current().version() < version {
             if Instant::now() >= deadline {
@@ -221,6 +228,125 @@ where
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    }
+
+    /// Decommissions this node (see the module documentation): returns what it pushed
+    /// once the layout says it left. The caller stops the process then.
+    pub async fn decommission(&self) -> Result<StreamStats, String> {
+        let current = self.membership.layout();
+        let leaving = plan_leave(&current, &self.local.id)?;
+        let version = leaving.version();
+        if version != current.version() {
+            self.membership
+                .apply_layout(leaving)
+                .map_err(|e| format!("the layout changed meanwhile ({e}); retry"))?;
+        }
+        self.barrier(version).await;
+        self.placement_of(version).await?;
+        let snapshot = self.placement.current();
+        let Some(pending) = snapshot.pending_ring() else {
+            return Err("the leaving layout has no future ring".into());
+        };
+        let (now, _) = snapshot.ranges_of(&self.local.id, self.replicas);
+        let mut stats = StreamStats::default();
+        let started = Instant::now();
+        for range in now {
+            let old: Vec<String> = snapshot
+                .ring()
+                .replicas_of_range(range, self.replicas)
+                .into_iter()
+                .map(|n| n.id)
+                .collect();
+            let gaining: Vec<NodeInfo> = pending
+                .replicas_of_range(range, self.replicas)
+                .into_iter()
+                .filter(|n| !old.contains(&n.id))
+                .collect();
+            if !gaining.is_empty() {
+                self.push_range(range, &gaining, &mut stats, started)
+                    .await?;
+            }
+            stats.ranges += 1;
+        }
+        let current = self.membership.layout();
+        let left = plan_leave_done(&current, &self.local.id)?;
+        let left_version = left.version();
+        if left_version != current.version() {
+            self.membership
+                .apply_layout(left)
+                .map_err(|e| format!("the layout changed meanwhile ({e}); retry"))?;
+        }
+        // Let the others learn it before this node goes.
+        self.barrier(left_version).await;
+        tracing::info!(
+            ranges = stats.ranges,
+            records = stats.records,
+            bytes = stats.bytes,
+            version = left_version,
+            "decommissioned: this node left the cluster"
+        );
+        Ok(stats)
+    }
+
+    /// Sends every record of `range` this node holds to `targets` as repairs.
+    async fn push_range(
+        &self,
+        range: TokenRange,
+        targets: &[NodeInfo],
+        stats: &mut StreamStats,
+        started: Instant,
+    ) -> Result<(), String> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan_range(
+                    range,
+                    after.as_deref(),
+                    PAGE_ENTRIES as usize,
+                    PAGE_BYTES as usize,
+                )
+                .map_err(|e| format!("reading range {range}: {e}"))?;
+            let entries: Vec<MergeEntry> = page
+                .entries
+                .into_iter()
+                .map(|(key, record)| MergeEntry {
+                    key: key.into(),
+                    record: record.into(),
+                    origin: WriteOrigin::Repair as i32,
+                })
+                .collect();
+            let bytes: u64 = entries
+                .iter()
+                .map(|e| (e.key.len() + e.record.len()) as u64)
+                .sum();
+            if !entries.is_empty() {
+                for target in targets {
+                    let request = MergeRequest {
+                        entries: entries.clone(),
+                    };
+                    self.transport
+                        .call(target, request, self.timeout)
+                        .await
+                        .map_err(|e| format!("pushing range {range} to {}: {e}", target.id))?;
+                    stats.bytes += bytes;
+                }
+                stats.records += entries.len() as u64;
+            }
+            self.throttle(stats.bytes, started).await;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Streams every range this node will replicate from every live current replica.
+    async fn stream(&self, version: u64) -> Result<StreamStats, String> {
+        // The placement updater installs the joining layout's snapshot shortly after it
+        // is applied.
+        self.placement_of(version).await?;
         let snapshot = self.placement.current();
         let (_, future) = snapshot.ranges_of(&self.local.id, self.replicas);
         let mut stats = StreamStats::default();
@@ -320,5 +446,23 @@ where
         if due > spent {
             tokio::time::sleep(due - spent).await;
         }
+    }
+}
+
+/// What the client API needs to decommission this node (object-safe).
+pub trait Decommission: Send + Sync + 'static {
+    /// Runs the decommission ([`Joiner::decommission`]).
+    fn leave(&self) -> futures::future::BoxFuture<'_, Result<StreamStats, String>>;
+}
+
+impl<S, M, P, T> Decommission for Joiner<S, M, P, T>
+where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    fn leave(&self) -> futures::future::BoxFuture<'_, Result<StreamStats, String>> {
+        Box::pin(self.decommission())
     }
 }

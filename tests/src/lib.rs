@@ -296,6 +296,27 @@ impl Server {
         }
     }
 
+    /// Waits (bounded by `timeout`) for the server to exit on its own; kills it and fails
+    /// if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("server is not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "server did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the node again with the same address, data directory and arguments.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {

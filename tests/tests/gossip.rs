@@ -511,3 +511,103 @@ async fn a_new_node_joins_under_load_streams_its_ranges_and_serves_them() -> any
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommissioned_node_hands_its_ranges_over_leaves_and_stops() -> anyhow::Result<()> {
+    use distkv_proto::v1::{Consistency, GetRequest};
+    let dir = tempfile::tempdir()?;
+    let mut nodes = tokio::task::block_in_place(|| start_loopback_cluster(dir.path(), &[]))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let before = write_until(nodes[0].addr.clone(), stop.clone(), 300).await?;
+    assert_eq!(before.len(), 300);
+    // A fourth node joins (see the join test), so three remain after one leaves.
+    let address = format!("127.0.0.1:{}", free_port());
+    let peer = format!("127.0.0.1:{}", free_port());
+    let seeds = format!("n0={}", nodes[0].peer_addr);
+    let args = [
+        "--node-id",
+        "n3",
+        "--peer-address",
+        &peer,
+        "--seed-nodes",
+        &seeds,
+        "--replicas",
+        "3",
+        "--read-quorum",
+        "2",
+        "--write-quorum",
+        "2",
+    ];
+    let n3 = tokio::task::block_in_place(|| {
+        Server::start_member(&address, &peer, &dir.path().join("n3"), &args, &[])
+    })?;
+    let start = Instant::now();
+    for n in &nodes {
+        while state_seen_by(&n.addr, "n3").await?.as_deref() != Some("normal") {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "n3 did not join");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // n1 leaves under a write load through n0.
+    let load = tokio::spawn(write_until(nodes[0].addr.clone(), stop.clone(), 100_000));
+    let started = Instant::now();
+    let out = tokio::task::block_in_place(|| run_client(&nodes[1].addr, &["decommission"], None));
+    assert!(out.status.success(), "{}", stderr(&out));
+    println!(
+        "gossip: decommission took {:?}: {}",
+        started.elapsed(),
+        distkv_tests::stdout(&out).trim()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = load.await??;
+    // It stops on its own, with exit status 0.
+    let status = tokio::task::block_in_place(|| nodes[1].wait_exit(Duration::from_secs(30)))?;
+    assert!(status.success(), "{status}");
+    for n in [&nodes[0].addr, &nodes[2].addr, &n3.addr] {
+        assert_eq!(
+            state_seen_by(n, "n1").await?.as_deref(),
+            Some("left"),
+            "on {n}"
+        );
+    }
+    // Every acknowledged key at QUORUM.
+    let mut client = connect(&n3.addr).await?;
+    for key in before.iter().chain(during.iter()) {
+        let got = client
+            .get(GetRequest {
+                key: key.clone().into_bytes().into(),
+                consistency: Consistency::Quorum as i32,
+            })
+            .await?;
+        assert!(!got.get_ref().values.is_empty(), "{key} lost");
+    }
+    // With N=3 on three nodes, n3 now replicates every key: alone, it must hold the keys
+    // written before it joined (streamed at its join, and pushed by n1 for what n1 gave
+    // up).
+    for n in [0, 2] {
+        tokio::task::block_in_place(|| nodes[n].signal("KILL"))?;
+    }
+    let mut held = 0;
+    for key in &before {
+        let got = client
+            .get(GetRequest {
+                key: key.clone().into_bytes().into(),
+                consistency: Consistency::One as i32,
+            })
+            .await;
+        if got.is_ok_and(|r| !r.get_ref().values.is_empty()) {
+            held += 1;
+        }
+    }
+    println!(
+        "gossip: n3 alone holds {held} of {} keys after n1 left",
+        before.len()
+    );
+    assert!(
+        held * 100 >= before.len() * 95,
+        "n3 alone holds {held} of {}: n1's ranges were not handed over",
+        before.len()
+    );
+    Ok(())
+}

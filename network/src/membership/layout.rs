@@ -397,6 +397,69 @@ pub fn plan_join_done(current: &Layout, id: &str) -> Result<Layout, String> {
     current.next(members).map_err(|e| e.to_string())
 }
 
+/// The layout with live member `id` leaving `current` (state [`MemberState::Leaving`]:
+/// it still owns its ranges while they are streamed to their new owners). Asking again
+/// while it is leaving gives `current` back; refused while another change is in flight,
+/// for a member that is not normal, and for the last normal member.
+pub fn plan_leave(current: &Layout, id: &str) -> Result<Layout, String> {
+    match current.member(id).map(|m| m.state) {
+        Some(MemberState::Leaving) => return Ok(current.clone()),
+        Some(MemberState::Normal) => {}
+        Some(state) => {
+            return Err(format!(
+                "node {id:?} is {state}: only a normal member leaves"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "node {id:?} is not a member of layout version {}",
+                current.version()
+            ))
+        }
+    }
+    if let Some(busy) = current
+        .members()
+        .iter()
+        .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
+    {
+        return Err(format!(
+            "another layout change is in flight ({} is {}): one change at a time; retry when it is done",
+            busy.id, busy.state
+        ));
+    }
+    if !current
+        .members()
+        .iter()
+        .any(|m| m.id != id && m.state == MemberState::Normal)
+    {
+        return Err(format!("node {id:?} is the last member: it cannot leave"));
+    }
+    with_state(current, id, MemberState::Leaving)
+}
+
+/// The layout with leaving member `id` gone (state [`MemberState::Left`]): its ranges
+/// were streamed away. Asking again once it left gives `current` back.
+pub fn plan_leave_done(current: &Layout, id: &str) -> Result<Layout, String> {
+    match current.member(id).map(|m| m.state) {
+        Some(MemberState::Leaving) => with_state(current, id, MemberState::Left),
+        Some(MemberState::Left) => Ok(current.clone()),
+        Some(state) => Err(format!("node {id:?} is {state}, not leaving")),
+        None => Err(format!("node {id:?} is not a member")),
+    }
+}
+
+fn with_state(current: &Layout, id: &str, state: MemberState) -> Result<Layout, String> {
+    let members = current
+        .members()
+        .iter()
+        .map(|m| Member {
+            state: if m.id == id { state } else { m.state },
+            ..m.clone()
+        })
+        .collect();
+    current.next(members).map_err(|e| e.to_string())
+}
+
 /// The layout in force and the rule that replaces it ([`Layout::check_successor`]),
 /// shared by every membership implementation.
 #[derive(Debug)]
@@ -650,6 +713,29 @@ mod tests {
         assert!(plan_join(&removed, "c", "c:1")
             .unwrap_err()
             .contains("new --node-id"));
+    }
+
+    #[test]
+    fn a_live_member_leaves_in_two_steps_one_change_at_a_time() {
+        let l = layout(
+            2,
+            vec![
+                member("a", MemberState::Normal),
+                member("b", MemberState::Normal),
+            ],
+        );
+        let leaving = plan_leave(&l, "b").unwrap();
+        assert_eq!(leaving.member("b").unwrap().state, MemberState::Leaving);
+        assert_eq!(plan_leave(&leaving, "b").unwrap(), leaving);
+        assert!(plan_leave(&leaving, "a").unwrap_err().contains("in flight"));
+        let left = plan_leave_done(&leaving, "b").unwrap();
+        assert_eq!(left.version(), 4);
+        assert_eq!(left.member("b").unwrap().state, MemberState::Left);
+        assert_eq!(plan_leave_done(&left, "b").unwrap(), left);
+        assert!(plan_leave(&left, "a").unwrap_err().contains("last member"));
+        assert!(plan_leave_done(&l, "a")
+            .unwrap_err()
+            .contains("not leaving"));
     }
 
     #[test]

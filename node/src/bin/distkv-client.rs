@@ -12,8 +12,8 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use distkv_proto::v1::key_value_client::KeyValueClient;
 use distkv_proto::v1::{
-    BatchPutRequest, Consistency, DeleteRequest, GetRequest, KeyValuePair, PutRequest,
-    RemoveNodeRequest, RepairRequest, StatusRequest,
+    BatchPutRequest, Consistency, DecommissionRequest, DeleteRequest, GetRequest, KeyValuePair,
+    PutRequest, RemoveNodeRequest, RepairRequest, StatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -140,6 +140,9 @@ enum Command {
         /// The id of the node to remove (as `status` lists it).
         node_id: String,
     },
+    /// Decommission the node asked (--server): it streams its ranges to the nodes that
+    /// gain them, leaves the cluster, and stops. Takes as long as the streaming.
+    Decommission,
     /// Compare every token range the node replicates with its live replicas now and
     /// pull what differs (one anti-entropy pass). Without --wait it only starts the pass.
     Repair {
@@ -505,6 +508,27 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 println!(
                     "removed {node_id} from the cluster: layout version {}; the other nodes learn it by gossip",
                     r.layout_version
+                );
+            }
+            Ok(0)
+        }
+        Command::Decommission => {
+            let r = client
+                .decommission(DecommissionRequest {})
+                .await?
+                .into_inner();
+            if args.json {
+                let doc = serde_json::json!({
+                    "layout_version": r.layout_version,
+                    "ranges": r.ranges,
+                    "records": r.records,
+                    "bytes": r.bytes,
+                });
+                println!("{doc}");
+            } else {
+                println!(
+                    "decommissioned: {} ranges, {} records, {} bytes pushed to their new owners; left in layout version {}; the node stops",
+                    r.ranges, r.records, r.bytes, r.layout_version
                 );
             }
             Ok(0)

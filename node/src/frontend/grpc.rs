@@ -7,10 +7,10 @@ use distkv_engine::StorageEngine;
 use distkv_network::{plan_removal, Liveness, Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
-    BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DeleteRequest,
-    DeleteResponse, GetRequest, GetResponse, Member, PutRequest, PutResponse, RangeRepair,
-    RemoveNodeRequest, RemoveNodeResponse, RepairRequest, RepairResponse, RequestTotals, Stat,
-    StatusRequest, StatusResponse,
+    BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DecommissionRequest,
+    DecommissionResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, Member,
+    PutRequest, PutResponse, RangeRepair, RemoveNodeRequest, RemoveNodeResponse, RepairRequest,
+    RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -20,6 +20,7 @@ use crate::coordinator::Node;
 use crate::error::NodeError;
 use crate::observe::{self, Op};
 use crate::placement::Partitioner;
+use crate::rebalance::Decommission;
 
 /// The `KeyValue` service of one node.
 pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
@@ -27,6 +28,7 @@ pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitio
     storage_engine: String,
     virtual_nodes: u32,
     repair: Option<Arc<dyn RepairPass>>,
+    decommission: Option<(Arc<dyn Decommission>, Arc<tokio::sync::Notify>)>,
 }
 
 impl<S, M, P, T> KeyValueService<S, M, P, T>
@@ -43,7 +45,19 @@ where
             storage_engine,
             virtual_nodes,
             repair: None,
+            decommission: None,
         }
+    }
+
+    /// Answers `Decommission` with `rebalance`, then notifies `stop` (without it,
+    /// `Decommission` is UNIMPLEMENTED).
+    pub fn with_decommission(
+        mut self,
+        rebalance: Arc<dyn Decommission>,
+        stop: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        self.decommission = Some((rebalance, stop));
+        self
     }
 
     /// Answers `Repair` with passes of `repair` (without it, `Repair` is UNIMPLEMENTED).
@@ -192,6 +206,32 @@ where
         tracing::warn!(node = %id, version, "node removed from the layout by an operator");
         Ok(Response::new(RemoveNodeResponse {
             layout_version: version,
+        }))
+    }
+
+    async fn decommission(
+        &self,
+        _request: Request<DecommissionRequest>,
+    ) -> Result<Response<DecommissionResponse>, Status> {
+        let Some((rebalance, stop)) = self.decommission.clone() else {
+            return Err(Status::unimplemented(
+                "this node cannot decommission itself",
+            ));
+        };
+        let stats = rebalance.leave().await.map_err(|e| {
+            Status::failed_precondition(format!("cannot decommission this node: {e}"))
+        })?;
+        let version = self.node.membership().layout().version();
+        // Stop once the answer is on its way.
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            stop.notify_one();
+        });
+        Ok(Response::new(DecommissionResponse {
+            layout_version: version,
+            ranges: stats.ranges as u64,
+            records: stats.records,
+            bytes: stats.bytes,
         }))
     }
 

@@ -444,7 +444,13 @@ where
         ),
     }
     admin.attach(Arc::new(crate::observe::NodeView(parts.node.clone())));
-    let shutdown = admin.watch_shutdown(shutdown);
+    let stop = parts.stop.clone();
+    let shutdown = admin.watch_shutdown(async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop.notified() => tracing::info!("stopping: this node was decommissioned"),
+        }
+    });
     tracing::info!(
         node_id = %local.id,
         address = %listen,
@@ -506,7 +512,8 @@ where
             engine_name,
             config.replication.virtual_nodes,
         )
-        .with_repair(parts.antientropy.clone()),
+        .with_repair(parts.antientropy.clone())
+        .with_decommission(parts.rebalance.clone(), parts.stop.clone()),
     )
     .max_decoding_message_size(message_limit.max(64 << 20))
     .max_encoding_message_size(usize::MAX);
