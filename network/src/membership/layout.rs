@@ -277,15 +277,8 @@ pub fn plan_removal(current: &Layout, id: &str, dead: bool) -> Result<Layout, St
         }
         MemberState::Normal => {}
     }
-    if let Some(busy) = current
-        .members()
-        .iter()
-        .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
-    {
-        return Err(format!(
-            "another layout change is in flight ({} is {}): one change at a time; retry when it is done",
-            busy.id, busy.state
-        ));
+    if let Some(busy) = change_in_flight(current) {
+        return Err(format!("{busy}; retry when it is done"));
     }
     if !dead {
         return Err(format!(
@@ -303,19 +296,7 @@ pub fn plan_removal(current: &Layout, id: &str, dead: bool) -> Result<Layout, St
             "node {id:?} is the last member: a cluster cannot remove it"
         ));
     }
-    let members = current
-        .members()
-        .iter()
-        .map(|m| Member {
-            state: if m.id == id {
-                MemberState::Left
-            } else {
-                m.state
-            },
-            ..m.clone()
-        })
-        .collect();
-    current.next(members).map_err(|e| e.to_string())
+    with_state(current, id, MemberState::Left)
 }
 
 /// The layout with node `id` at `address` joining `current` (state
@@ -338,15 +319,10 @@ pub fn plan_join(current: &Layout, id: &str, address: &str) -> Result<Layout, St
             )),
         };
     }
-    if let Some(busy) = current
-        .members()
-        .iter()
-        .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
-    {
+    if let Some(busy) = change_in_flight(current) {
         return Err(format!(
-            "another layout change is in flight ({} is {}): one change at a time; the join is \
-             retried",
-            busy.id, busy.state
+            "{busy}; the join is \
+             retried"
         ));
     }
     if let Some(other) = current
@@ -382,19 +358,7 @@ pub fn plan_join_done(current: &Layout, id: &str) -> Result<Layout, String> {
             ))
         }
     }
-    let members = current
-        .members()
-        .iter()
-        .map(|m| Member {
-            state: if m.id == id {
-                MemberState::Normal
-            } else {
-                m.state
-            },
-            ..m.clone()
-        })
-        .collect();
-    current.next(members).map_err(|e| e.to_string())
+    with_state(current, id, MemberState::Normal)
 }
 
 /// The layout with live member `id` leaving `current` (state [`MemberState::Leaving`]:
@@ -417,15 +381,8 @@ pub fn plan_leave(current: &Layout, id: &str) -> Result<Layout, String> {
             ))
         }
     }
-    if let Some(busy) = current
-        .members()
-        .iter()
-        .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
-    {
-        return Err(format!(
-            "another layout change is in flight ({} is {}): one change at a time; retry when it is done",
-            busy.id, busy.state
-        ));
+    if let Some(busy) = change_in_flight(current) {
+        return Err(format!("{busy}; retry when it is done"));
     }
     if !current
         .members()
@@ -446,6 +403,21 @@ pub fn plan_leave_done(current: &Layout, id: &str) -> Result<Layout, String> {
         Some(state) => Err(format!("node {id:?} is {state}, not leaving")),
         None => Err(format!("node {id:?} is not a member")),
     }
+}
+
+/// "another layout change is in flight (ID is STATE): one change at a time" when a member
+/// is joining or leaving.
+fn change_in_flight(current: &Layout) -> Option<String> {
+    current
+        .members()
+        .iter()
+        .find(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
+        .map(|busy| {
+            format!(
+                "another layout change is in flight ({} is {}): one change at a time",
+                busy.id, busy.state
+            )
+        })
 }
 
 fn with_state(current: &Layout, id: &str, state: MemberState) -> Result<Layout, String> {
