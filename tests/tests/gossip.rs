@@ -265,6 +265,53 @@ async fn state_seen_by(node: &str, id: &str) -> anyhow::Result<Option<String>> {
         .map(|m| m.state))
 }
 
+/// Waits (bounded by `within`) until every node in `on` gives member `id` the state
+/// `want`; returns how long it took.
+async fn wait_for_state(
+    on: &[&str],
+    id: &str,
+    want: &str,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    for node in on {
+        while state_seen_by(node, id).await?.as_deref() != Some(want) {
+            anyhow::ensure!(
+                start.elapsed() < within,
+                "{node} does not see {id} as {want} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// Starts node `n3` (N=3, R=2, W=2) in `dir/n3` with the seed list `seeds_of` gives for
+/// its own peer address.
+fn start_n3(
+    dir: &std::path::Path,
+    seeds_of: impl FnOnce(&str) -> String,
+) -> anyhow::Result<Server> {
+    let address = format!("127.0.0.1:{}", free_port());
+    let peer = format!("127.0.0.1:{}", free_port());
+    let seeds = seeds_of(&peer);
+    let args = [
+        "--node-id",
+        "n3",
+        "--seed-nodes",
+        &seeds,
+        "--replicas",
+        "3",
+        "--read-quorum",
+        "2",
+        "--write-quorum",
+        "2",
+    ];
+    tokio::task::block_in_place(|| {
+        Server::start_member(&address, &peer, &dir.join("n3"), &args, &[])
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_is_removed_everywhere_and_the_removal_survives_restarts() -> anyhow::Result<()>
 {
@@ -292,18 +339,8 @@ async fn a_dead_node_is_removed_everywhere_and_the_removal_survives_restarts() -
         distkv_tests::stdout(&removed)
     );
     // n1 learns it by gossip and pulls the new layout.
-    let start = Instant::now();
-    while state_seen_by(&addrs[1], "n2").await?.as_deref() != Some("left") {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(10),
-            "n1 does not see n2 as left"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    println!(
-        "gossip: a removal reached the other node in {:?}",
-        start.elapsed()
-    );
+    let took = wait_for_state(&[&addrs[1]], "n2", "left", Duration::from_secs(10)).await?;
+    println!("gossip: a removal reached the other node in {took:?}");
     // Two members serve QUORUM (W=2 of the two remaining replicas).
     let put = tokio::task::block_in_place(|| {
         run_client(
@@ -399,50 +436,24 @@ async fn a_new_node_joins_under_load_streams_its_ranges_and_serves_them() -> any
     let load = tokio::spawn(write_until(nodes[2].addr.clone(), stop.clone(), 100_000));
 
     // Started as a user would: every address it knows as seeds, its own included.
-    let address = format!("127.0.0.1:{}", free_port());
-    let peer = format!("127.0.0.1:{}", free_port());
-    let mut seeds: Vec<String> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("n{i}={}", n.peer_addr))
-        .collect();
-    seeds.push(format!("n3={peer}"));
-    let seeds = seeds.join(",");
-    let args = [
-        "--node-id",
-        "n3",
-        "--peer-address",
-        &peer,
-        "--seed-nodes",
-        &seeds,
-        "--replicas",
-        "3",
-        "--read-quorum",
-        "2",
-        "--write-quorum",
-        "2",
-    ];
     let started = Instant::now();
-    let newcomer = tokio::task::block_in_place(|| {
-        Server::start_member(&address, &peer, &dir.path().join("n3"), &args, &[])
+    let newcomer = start_n3(dir.path(), |own| {
+        let mut seeds: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("n{i}={}", n.peer_addr))
+            .collect();
+        seeds.push(format!("n3={own}"));
+        seeds.join(",")
     })?;
     // It joins by itself: normal on every node.
-    for n in nodes
+    let everywhere: Vec<&str> = nodes
         .iter()
         .map(|n| n.addr.as_str())
         .chain([newcomer.addr.as_str()])
-    {
-        loop {
-            if state_seen_by(n, "n3").await?.as_deref() == Some("normal") {
-                break;
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(60),
-                "n3 is not normal on {n}; its log:\n{}",
-                newcomer.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        .collect();
+    if let Err(e) = wait_for_state(&everywhere, "n3", "normal", Duration::from_secs(60)).await {
+        anyhow::bail!("{e}; n3's log:\n{}", newcomer.log_text());
     }
     println!(
         "gossip: a 4th node joined (normal everywhere) {:?} after its start",
@@ -520,34 +531,11 @@ async fn a_decommissioned_node_hands_its_ranges_over_leaves_and_stops() -> anyho
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let before = write_until(nodes[0].addr.clone(), stop.clone(), 300).await?;
     assert_eq!(before.len(), 300);
-    // A fourth node joins (see the join test), so three remain after one leaves.
-    let address = format!("127.0.0.1:{}", free_port());
-    let peer = format!("127.0.0.1:{}", free_port());
-    let seeds = format!("n0={}", nodes[0].peer_addr);
-    let args = [
-        "--node-id",
-        "n3",
-        "--peer-address",
-        &peer,
-        "--seed-nodes",
-        &seeds,
-        "--replicas",
-        "3",
-        "--read-quorum",
-        "2",
-        "--write-quorum",
-        "2",
-    ];
-    let n3 = tokio::task::block_in_place(|| {
-        Server::start_member(&address, &peer, &dir.path().join("n3"), &args, &[])
-    })?;
-    let start = Instant::now();
-    for n in &nodes {
-        while state_seen_by(&n.addr, "n3").await?.as_deref() != Some("normal") {
-            anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "n3 did not join");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    // A fourth node joins (see the join test), so three remain after one leaves; one
+    // seed is enough.
+    let n3 = start_n3(dir.path(), |_| format!("n0={}", nodes[0].peer_addr))?;
+    let all: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
+    wait_for_state(&all, "n3", "normal", Duration::from_secs(60)).await?;
 
     // n1 leaves under a write load through n0.
     let load = tokio::spawn(write_until(nodes[0].addr.clone(), stop.clone(), 100_000));
