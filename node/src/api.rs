@@ -65,6 +65,9 @@ pub struct NodeSettings {
     pub hint_replay_batch: usize,
     /// Throttle of range streaming when joining, in bytes per second (0: none).
     pub rebalance_max_bytes_per_sec: u64,
+    /// Where the node keeps its small state files (a join's or decommission's stream
+    /// progress): the data directory. `None` keeps them in memory only (tests).
+    pub state_dir: Option<std::path::PathBuf>,
     /// Most siblings a client write may grow a key to; a blind write past it is refused
     /// (FAILED_PRECONDITION) until a write with the key's context resolves them. Repairs
     /// and hints are never refused for it.
@@ -115,6 +118,7 @@ impl Default for NodeSettings {
             hint_replay_interval: Duration::from_secs(1),
             hint_replay_batch: 512,
             rebalance_max_bytes_per_sec: 32 * 1024 * 1024,
+            state_dir: None,
             max_siblings: 64,
             max_vector_entries: 64,
             max_context_bytes: 64 * 1024,

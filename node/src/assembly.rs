@@ -137,6 +137,8 @@ where
         replicas: settings.replicas,
         max_bytes_per_sec: settings.rebalance_max_bytes_per_sec,
         timeout: settings.request_timeout,
+        state_dir: settings.state_dir.clone(),
+        current: parking_lot::Mutex::new(None),
     });
     Assembled {
         rebalance,

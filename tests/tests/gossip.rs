@@ -467,6 +467,25 @@ async fn a_new_node_joins_under_load_streams_its_ranges_and_serves_them() -> any
         "{}",
         newcomer.log_text()
     );
+    // `status` on the joined node shows its stream, finished.
+    let out =
+        tokio::task::block_in_place(|| run_client(&newcomer.addr, &["--json", "status"], None));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let stream = &doc["rebalance"];
+    assert_eq!(stream["kind"], "join", "{doc}");
+    assert!(
+        stream["ranges_total"].as_u64().unwrap_or(0) > 0
+            && stream["ranges_done"] == stream["ranges_total"]
+            && stream["records"].as_u64().unwrap_or(0) > 0,
+        "{stream}"
+    );
+    let out = tokio::task::block_in_place(|| run_client(&newcomer.addr, &["status"], None));
+    let text = distkv_tests::stdout(&out);
+    assert!(
+        text.contains("joining (pulling ranges)") && text.contains(": done,"),
+        "{text}"
+    );
 
     // With n0 down, QUORUM needs both other replicas of each key, n3 among them where it
     // now replicates: every acknowledged key must be there.

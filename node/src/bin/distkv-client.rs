@@ -612,6 +612,15 @@ async fn run(args: Args) -> Result<u8, Failure> {
                         "keys_repaired": r.keys_repaired,
                         "bytes_moved": r.bytes_moved,
                     })).collect::<Vec<_>>(),
+                    "rebalance": s.rebalance.as_ref().map(|p| serde_json::json!({
+                        "kind": p.kind,
+                        "layout_version": p.layout_version,
+                        "ranges_done": p.ranges_done,
+                        "ranges_total": p.ranges_total,
+                        "records": p.records,
+                        "bytes": p.bytes,
+                        "resumed": p.resumed,
+                    })),
                 });
                 out(format!("{doc}\n").as_bytes())?;
                 return Ok(0);
@@ -638,6 +647,9 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 "repair    {}\n",
                 antientropy_line(&s.antientropy_ranges)
             ));
+            if let Some(p) = &s.rebalance {
+                text.push_str(&format!("change    {}\n", rebalance_line(p)));
+            }
             text.push_str(&format!(
                 "members   {total} total nodes, {alive} alive, {dead} dead ({:.1}% availability)\n",
                 if total == 0 {
@@ -670,6 +682,33 @@ async fn run(args: Args) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+/// One line on this node's join or decommission stream.
+fn rebalance_line(p: &distkv_proto::v1::StreamProgress) -> String {
+    let what = if p.kind == "join" {
+        "joining (pulling ranges)"
+    } else {
+        "leaving (pushing ranges)"
+    };
+    let state = if p.ranges_done == p.ranges_total {
+        "done"
+    } else {
+        "in flight"
+    };
+    format!(
+        "{what} for layout v{}: {state}, {}/{} ranges, {} records, {:.1} MiB{}",
+        p.layout_version,
+        p.ranges_done,
+        p.ranges_total,
+        p.records,
+        p.bytes as f64 / (1024.0 * 1024.0),
+        if p.resumed {
+            " (resumed after a restart or failure)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// One line on the anti-entropy passes: ranges, how many were ever clean, and how long

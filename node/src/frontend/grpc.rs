@@ -10,7 +10,7 @@ use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DecommissionRequest,
     DecommissionResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, Member,
     PutRequest, PutResponse, RangeRepair, RemoveNodeRequest, RemoveNodeResponse, RepairRequest,
-    RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
+    RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse, StreamProgress,
 };
 use tonic::{Request, Response, Status};
 
@@ -289,6 +289,19 @@ where
                     bytes_moved: s.last_pass.bytes_moved,
                 })
                 .collect(),
+            rebalance: self
+                .decommission
+                .as_ref()
+                .and_then(|(r, _)| r.progress())
+                .map(|p| StreamProgress {
+                    kind: p.kind.to_string(),
+                    layout_version: p.layout_version,
+                    ranges_done: p.ranges_done as u32,
+                    ranges_total: p.ranges_total as u32,
+                    records: p.records,
+                    bytes: p.bytes,
+                    resumed: p.resumed,
+                }),
             node_id: node.local().id.clone(),
             address: node.local().address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -2,7 +2,6 @@
 //! read at start-up, so a restarted node keeps the layout the cluster committed (the
 //! seed list only seeds a new cluster's first layout).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -108,15 +107,7 @@ pub fn save(dir: &Path, layout: &Layout) -> std::io::Result<()> {
         digest: format!("{:016x}", layout.digest()),
     };
     let text = serde_json::to_string_pretty(&disk).map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{LAYOUT_FILE}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(LAYOUT_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::util::write_atomic(dir, LAYOUT_FILE, text.as_bytes())
 }
 
 /// Saves the layout now and after every change `membership` announces, until the

@@ -65,6 +65,7 @@ pub fn settings(config: &Config) -> NodeSettings {
         max_vector_entries: r.max_vector_entries,
         probe_interval: config.membership.interval,
         rebalance_max_bytes_per_sec: config.rebalance.max_bytes_per_sec,
+        state_dir: Some(config.data_dir.clone()),
         antientropy: crate::antientropy::AntiEntropySettings {
             enabled: config.antientropy.enabled,
             interval: config.antientropy.interval,
@@ -257,7 +258,7 @@ fn cluster_layout_for(
             tracing::warn!(
                 node_id = %local.id,
                 version = cluster.version(),
-                "this node is not a member of the cluster's layout: it coordinates requests but owns no data (joining with range streaming is not built yet: see docs/operations.md, Add and remove nodes)"
+                "this node is not a member of the cluster's layout: it coordinates requests but owns no data until its join is accepted: it asks the members to join and streams its ranges (see docs/operations.md, Add and remove nodes)"
             );
             Ok(cluster)
         }

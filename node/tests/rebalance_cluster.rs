@@ -1,0 +1,622 @@
+//! Joins and decommissions in one process: gossip membership over the in-memory
+//! transport, a concurrent write load, injected faults (dropped calls), and a node
+//! restarted in the middle of its stream. Every acknowledged write must stay readable at
+//! QUORUM throughout, and the restarted joiner must resume where its stream stood.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distkv_backends::MemoryEngine;
+use distkv_network::{
+    plan_removal, DetectorSettings, GossipMembership, GossipOptions, GossipSettings,
+    InMemoryNetwork, InMemoryTransport, Layout, Liveness, Member, MemberState, Membership,
+    NodeInfo, ReplicationFingerprint,
+};
+use distkv_node::assembly::{assemble, Assembled};
+use distkv_node::placement::HashRing;
+use distkv_node::rebalance::StreamProgress;
+use distkv_node::supervisor::Supervisor;
+use distkv_node::{Consistency, NodeSettings, ReadRepair};
+use parking_lot::Mutex;
+
+type Parts = Assembled<MemoryEngine, GossipMembership, HashRing, InMemoryTransport>;
+
+const VNODES: u32 = 16;
+
+struct Running {
+    parts: Parts,
+    supervisor: Supervisor,
+}
+
+struct Cluster {
+    net: Arc<InMemoryNetwork>,
+    nodes: Mutex<BTreeMap<String, Arc<Running>>>,
+    generation: AtomicU64,
+}
+
+fn settings(state_dir: Option<PathBuf>, max_bytes_per_sec: u64) -> NodeSettings {
+    let mut s = NodeSettings::new(3, 2, 2);
+    s.virtual_nodes = VNODES;
+    s.request_timeout = Duration::from_secs(2);
+    s.probe_interval = Duration::from_millis(50);
+    // No hints, no read repair, no background anti-entropy: what the joiner holds, it
+    // streamed; what a removal re-replicates, the explicit passes did.
+    s.hinted_handoff = false;
+    s.read_repair = ReadRepair::Off;
+    s.antientropy.enabled = false;
+    s.rebalance_max_bytes_per_sec = max_bytes_per_sec;
+    s.state_dir = state_dir;
+    s
+}
+
+fn first_layout(ids: &[&str]) -> Layout {
+    let members = ids
+        .iter()
+        .map(|id| Member {
+            id: id.to_string(),
+            address: id.to_string(),
+            state: MemberState::Normal,
+        })
+        .collect();
+    Layout::new(1, VNODES, members).expect("layout")
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Cluster {
+            net: InMemoryNetwork::new(),
+            nodes: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// Starts node `id` holding `layout`, gossiping with `seeds`, over `engine` (kept
+    /// across a restart: it stands for the node's disk).
+    fn start(
+        &self,
+        id: &str,
+        layout: Layout,
+        seeds: &[&str],
+        engine: Arc<MemoryEngine>,
+        settings: NodeSettings,
+    ) -> Arc<Running> {
+        let local = NodeInfo {
+            id: id.into(),
+            address: id.into(),
+        };
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst);
+        let options = GossipOptions {
+            cluster_name: "test".into(),
+            generation,
+            seeds: seeds.iter().map(|s| s.to_string()).collect(),
+            replication: ReplicationFingerprint {
+                replicas: 3,
+                partitioner: "hash-ring-xxh3".into(),
+                virtual_nodes: VNODES,
+                ring: 1,
+            },
+            build: "test".into(),
+            settings: GossipSettings {
+                detector: DetectorSettings {
+                    min_std_dev: Duration::from_millis(25),
+                    first_interval: Duration::from_millis(50),
+                    ..DetectorSettings::default()
+                },
+                ..GossipSettings::default()
+            },
+            never_heard_grace: Duration::from_secs(10),
+            rng_seed: generation,
+        };
+        let membership = Arc::new(GossipMembership::new(
+            local.clone(),
+            layout,
+            options,
+            Instant::now(),
+        ));
+        let parts: Parts = assemble(
+            engine,
+            membership,
+            Arc::new(self.net.transport(id)),
+            None,
+            settings,
+        );
+        self.net.register(id, parts.peer.clone());
+        self.net.set_down(id, false);
+        let supervisor = Supervisor::new();
+        parts.start_background(&supervisor);
+        let running = Arc::new(Running { parts, supervisor });
+        self.nodes.lock().insert(id.to_string(), running.clone());
+        running
+    }
+
+    fn node(&self, id: &str) -> Arc<Running> {
+        self.nodes.lock()[id].clone()
+    }
+
+    /// Stops node `id` at once, as a crash would (its tasks end at their next await).
+    async fn kill(&self, id: &str) -> Arc<Running> {
+        self.net.set_down(id, true);
+        let gone = self.nodes.lock().remove(id).expect("running");
+        gone.supervisor.shutdown(Duration::from_millis(100)).await;
+        gone
+    }
+
+    /// Waits (bounded) until every running node's layout has `id` in `state`.
+    async fn wait_for_state(&self, id: &str, state: MemberState, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let nodes: Vec<Arc<Running>> = self.nodes.lock().values().cloned().collect();
+            let all = nodes.iter().all(|n| {
+                n.parts
+                    .membership
+                    .layout()
+                    .member(id)
+                    .is_some_and(|m| m.state == state)
+            });
+            if all {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} is not {state} on every node within {within:?}: {:?}",
+                nodes
+                    .iter()
+                    .map(|n| (
+                        n.parts.membership.local().id.clone(),
+                        n.parts.membership.layout().version(),
+                        n.parts.membership.layout().member(id).map(|m| m.state)
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn key(i: u64) -> Vec<u8> {
+    format!("key-{i:06}").into_bytes()
+}
+
+/// Writes keys `from..` through `via` at QUORUM until `stop` (or `max` writes), recording
+/// the acknowledged ones; returns them.
+fn write_load(
+    cluster: &Arc<Cluster>,
+    via: &'static str,
+    from: u64,
+    max: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in from..from + max {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let node = cluster.node(via).parts.node.clone();
+            let value = format!("v{i}").into_bytes();
+            if node
+                .put(key(i), Some(value), b"", Consistency::Quorum)
+                .await
+                .is_ok()
+            {
+                acked.push(i);
+            }
+            if i.is_multiple_of(16) {
+                tokio::task::yield_now().await;
+            }
+        }
+        acked
+    })
+}
+
+/// Reads keys acknowledged earlier (0..`upto`) at QUORUM through `via` until `stop`;
+/// returns (reads answered, "not found" answers with the keys).
+fn read_load(
+    cluster: &Arc<Cluster>,
+    via: &'static str,
+    upto: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, Vec<u64>)> {
+    let cluster = cluster.clone();
+    tokio::spawn(async move {
+        let (mut answered, mut missing) = (0, Vec::new());
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) && answered < 200_000 {
+            let k = (i * 7919) % upto;
+            i += 1;
+            let node = cluster.node(via).parts.node.clone();
+            if let Ok(r) = node.get(key(k), Consistency::Quorum).await {
+                answered += 1;
+                if r.values.is_empty() {
+                    missing.push(k);
+                }
+            }
+            if i.is_multiple_of(16) {
+                tokio::task::yield_now().await;
+            }
+        }
+        (answered, missing)
+    })
+}
+
+/// Every key of `keys` reads back its value at QUORUM through `via`.
+async fn assert_all_readable(cluster: &Cluster, via: &str, keys: &[u64]) {
+    let node = cluster.node(via).parts.node.clone();
+    let mut missing = Vec::new();
+    for &i in keys {
+        let r = node
+            .get(key(i), Consistency::Quorum)
+            .await
+            .unwrap_or_else(|e| panic!("read of key {i} through {via}: {e}"));
+        if !r.values.contains(&format!("v{i}").into_bytes()) {
+            missing.push(i);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged keys are not read back through {via}: first {:?}",
+        missing.len(),
+        keys.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+/// How many of `keys` node `id` holds in its own store.
+fn held_locally(cluster: &Cluster, id: &str, keys: &[u64]) -> usize {
+    let node = cluster.node(id).parts.node.clone();
+    keys.iter()
+        .filter(|&&i| node.local_record(&key(i)).ok().flatten().is_some())
+        .count()
+}
+
+/// Three normal members n0..n2 (and their first `preload` keys written at ALL).
+async fn three_nodes(preload: u64) -> Arc<Cluster> {
+    let cluster = Arc::new(Cluster::new());
+    let layout = first_layout(&["n0", "n1", "n2"]);
+    for id in ["n0", "n1", "n2"] {
+        cluster.start(
+            id,
+            layout.clone(),
+            &["n0"],
+            Arc::new(MemoryEngine::ephemeral()),
+            settings(None, 0),
+        );
+    }
+    let node = cluster.node("n0").parts.node.clone();
+    for i in 0..preload {
+        node.put(
+            key(i),
+            Some(format!("v{i}").into_bytes()),
+            b"",
+            Consistency::All,
+        )
+        .await
+        .expect("preload write");
+    }
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_under_writes_and_dropped_calls_and_no_acknowledged_key_goes_missing() {
+    const PRELOAD: u64 = 1_500;
+    let cluster = three_nodes(PRELOAD).await;
+    // One call in 40 to n1 is lost: writes that miss W fail (not acknowledged), the
+    // joiner's pulls from n1 retry their page.
+    cluster.net.set_drop_every("n1", 40);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
+    let reads = read_load(&cluster, "n2", PRELOAD, stop.clone());
+
+    let layout = (*cluster.node("n0").parts.membership.layout()).clone();
+    cluster.start(
+        "n3",
+        layout,
+        &["n1"],
+        Arc::new(MemoryEngine::ephemeral()),
+        settings(None, 0),
+    );
+    cluster
+        .wait_for_state("n3", MemberState::Normal, Duration::from_secs(60))
+        .await;
+    // Some writes after the join ended too.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writes.await.expect("writer");
+    let (answered, not_found) = reads.await.expect("reader");
+    cluster.net.set_drop_every("n1", 0);
+
+    assert!(
+        acked.len() > 100,
+        "the load wrote too little: {}",
+        acked.len()
+    );
+    assert!(answered > 100, "the reader answered too little: {answered}");
+    assert!(
+        not_found.is_empty(),
+        "{} QUORUM reads of keys acknowledged before the join said not found: {:?}",
+        not_found.len(),
+        &not_found[..not_found.len().min(10)]
+    );
+    let progress = cluster
+        .node("n3")
+        .parts
+        .rebalance
+        .progress()
+        .expect("the joiner reports its stream");
+    assert_eq!(progress.kind, "join");
+    assert_eq!(progress.ranges_done, progress.ranges_total);
+    assert!(progress.records > 0 && progress.bytes > 0, "{progress:?}");
+
+    let all: Vec<u64> = (0..PRELOAD).chain(acked.iter().copied()).collect();
+    for via in ["n3", "n1"] {
+        assert_all_readable(&cluster, via, &all).await;
+    }
+    // n3 replicates about 3/4 of the keys (N=3 of 4 nodes); it holds them itself.
+    let held = held_locally(&cluster, "n3", &(0..PRELOAD).collect::<Vec<_>>());
+    assert!(
+        held as u64 > PRELOAD / 2,
+        "the joined node holds only {held} of {PRELOAD} earlier keys"
+    );
+    println!(
+        "join: {} writes acknowledged during it, {answered} QUORUM reads, n3 holds {held}/{PRELOAD} \
+         earlier keys, streamed {} records / {} bytes over {} ranges",
+        acked.len(),
+        progress.records,
+        progress.bytes,
+        progress.ranges_total
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_restarted_mid_stream_resumes_where_it_stood() {
+    const PRELOAD: u64 = 2_000;
+    let cluster = three_nodes(PRELOAD).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = Arc::new(MemoryEngine::ephemeral());
+    // Throttled so the restart lands mid-stream: about 5 s of pulls (saved every second).
+    let slow = settings(Some(dir.path().to_path_buf()), 48 * 1024);
+    let layout = (*cluster.node("n0").parts.membership.layout()).clone();
+    let first = cluster.start("n3", layout, &["n0"], engine.clone(), slow.clone());
+    // Killed once its saved progress shows 3 ranges done and more to go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let saved = loop {
+        if let Some(p) = StreamProgress::load(dir.path()) {
+            if p.summary().ranges_done >= 3 {
+                break p.summary();
+            }
+        }
+        assert!(Instant::now() < deadline, "the stream saved no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    cluster.kill("n3").await;
+    assert!(saved.ranges_done < saved.ranges_total, "{saved:?}");
+    assert!(first.parts.rebalance.progress().is_some());
+    drop(first);
+
+    // Restart with the same disk (engine and data directory) and the layout that names
+    // it joining, as its saved layout.json would give.
+    let layout = (*cluster.node("n0").parts.membership.layout()).clone();
+    assert_eq!(
+        layout.member("n3").map(|m| m.state),
+        Some(MemberState::Joining)
+    );
+    let second = cluster.start("n3", layout, &["n0"], engine, slow);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resumed = loop {
+        if let Some(p) = second.parts.rebalance.progress() {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted joiner did not stream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(resumed.resumed, "{resumed:?}");
+    assert!(
+        resumed.ranges_done >= saved.ranges_done,
+        "resumed at {resumed:?}, saved {saved:?}"
+    );
+    cluster
+        .wait_for_state("n3", MemberState::Normal, Duration::from_secs(60))
+        .await;
+    let done = second.parts.rebalance.progress().expect("progress");
+    assert_eq!(done.ranges_done, done.ranges_total);
+    assert!(
+        StreamProgress::load(dir.path()).is_none(),
+        "the progress file is removed once the join is done"
+    );
+    let all: Vec<u64> = (0..PRELOAD).collect();
+    assert_all_readable(&cluster, "n3", &all).await;
+    let held = held_locally(&cluster, "n3", &all);
+    assert!(held as u64 > PRELOAD / 2, "n3 holds only {held}");
+    println!(
+        "restart mid-stream: {}/{} ranges done at the kill, resumed at {}/{}; {held}/{PRELOAD} keys held",
+        saved.ranges_done, saved.ranges_total, resumed.ranges_done, resumed.ranges_total
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readable() {
+    const PRELOAD: u64 = 1_500;
+    let cluster = Arc::new(Cluster::new());
+    let layout = first_layout(&["n0", "n1", "n2", "n3"]);
+    for id in ["n0", "n1", "n2", "n3"] {
+        cluster.start(
+            id,
+            layout.clone(),
+            &["n0"],
+            Arc::new(MemoryEngine::ephemeral()),
+            settings(None, 0),
+        );
+    }
+    let n0 = cluster.node("n0").parts.node.clone();
+    for i in 0..PRELOAD {
+        n0.put(
+            key(i),
+            Some(format!("v{i}").into_bytes()),
+            b"",
+            Consistency::All,
+        )
+        .await
+        .expect("preload write");
+    }
+    cluster.net.set_drop_every("n1", 40);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
+    let reads = read_load(&cluster, "n2", PRELOAD, stop.clone());
+
+    let leaving = cluster.node("n3");
+    let stats = leaving
+        .parts
+        .rebalance
+        .decommission()
+        .await
+        .expect("decommission");
+    cluster
+        .wait_for_state("n3", MemberState::Left, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writes.await.expect("writer");
+    let (answered, not_found) = reads.await.expect("reader");
+    cluster.net.set_drop_every("n1", 0);
+    cluster.kill("n3").await;
+
+    assert!(stats.records > 0, "{stats:?}");
+    assert!(
+        acked.len() > 100 && answered > 100,
+        "{} {answered}",
+        acked.len()
+    );
+    assert!(
+        not_found.is_empty(),
+        "{} QUORUM reads said not found during the decommission: {:?}",
+        not_found.len(),
+        &not_found[..not_found.len().min(10)]
+    );
+    let all: Vec<u64> = (0..PRELOAD).chain(acked.iter().copied()).collect();
+    for via in ["n0", "n1", "n2"] {
+        assert_all_readable(&cluster, via, &all).await;
+    }
+    // With n3 gone and N=3 of 3 nodes, every remaining node holds every earlier key.
+    for id in ["n0", "n1", "n2"] {
+        let held = held_locally(&cluster, id, &(0..PRELOAD).collect::<Vec<_>>());
+        assert_eq!(held as u64, PRELOAD, "{id} holds {held} of {PRELOAD}");
+    }
+    println!(
+        "decommission: pushed {} records / {} bytes over {} ranges; {} writes acknowledged \
+         during it, {answered} QUORUM reads",
+        stats.records,
+        stats.bytes,
+        stats.ranges,
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_replicates_it() {
+    const PRELOAD: u64 = 1_500;
+    let cluster = Arc::new(Cluster::new());
+    let layout = first_layout(&["n0", "n1", "n2", "n3"]);
+    for id in ["n0", "n1", "n2", "n3"] {
+        cluster.start(
+            id,
+            layout.clone(),
+            &["n0"],
+            Arc::new(MemoryEngine::ephemeral()),
+            settings(None, 0),
+        );
+    }
+    let n0 = cluster.node("n0").parts.node.clone();
+    for i in 0..PRELOAD {
+        n0.put(
+            key(i),
+            Some(format!("v{i}").into_bytes()),
+            b"",
+            Consistency::All,
+        )
+        .await
+        .expect("preload write");
+    }
+    // A live node is not removed.
+    let current = cluster.node("n0").parts.membership.layout();
+    let err = plan_removal(&current, "n3", false).unwrap_err();
+    assert!(err.contains("alive") || err.contains("live"), "{err}");
+
+    cluster.kill("n3").await;
+    let membership = cluster.node("n0").parts.membership.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while membership.liveness("n3").liveness != Liveness::Dead {
+        assert!(Instant::now() < deadline, "n3 is not dead to n0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
+    let reads = read_load(&cluster, "n2", PRELOAD, stop.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = plan_removal(&membership.layout(), "n3", true).expect("removal planned");
+    membership.apply_layout(next).expect("removal applied");
+    cluster
+        .wait_for_state("n3", MemberState::Left, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acked = writes.await.expect("writer");
+    let (answered, not_found) = reads.await.expect("reader");
+    assert!(
+        acked.len() > 100 && answered > 100,
+        "{} {answered}",
+        acked.len()
+    );
+    assert!(
+        not_found.is_empty(),
+        "{} QUORUM reads said not found during the removal: {:?}",
+        not_found.len(),
+        &not_found[..not_found.len().min(10)]
+    );
+    let all: Vec<u64> = (0..PRELOAD).chain(acked.iter().copied()).collect();
+    let before: Vec<usize> = ["n0", "n1", "n2"]
+        .iter()
+        .map(|id| held_locally(&cluster, id, &all))
+        .collect();
+    assert!(
+        before.iter().any(|h| *h < all.len()),
+        "every node already holds every key: nothing to re-replicate ({before:?})"
+    );
+    // The copies n3 held are made again from the surviving replicas: anti-entropy passes
+    // (a key is pulled when it still differs at a second comparison) until each of the
+    // three holds every key (N=3 of 3 nodes).
+    let mut passes = 0;
+    let complete = loop {
+        let held: Vec<usize> = ["n0", "n1", "n2"]
+            .iter()
+            .map(|id| held_locally(&cluster, id, &all))
+            .collect();
+        if held.iter().all(|h| *h == all.len()) || passes == 6 {
+            break held;
+        }
+        for id in ["n0", "n1", "n2"] {
+            cluster.node(id).parts.antientropy.pass().await;
+        }
+        passes += 1;
+    };
+    assert!(
+        complete.iter().all(|h| *h == all.len()),
+        "after {passes} anti-entropy passes the nodes hold {complete:?} of {} keys",
+        all.len()
+    );
+    for via in ["n0", "n1", "n2"] {
+        assert_all_readable(&cluster, via, &all).await;
+    }
+    println!(
+        "remove: {} writes acknowledged during it, {answered} QUORUM reads; the nodes held \
+         {before:?} of {} keys, all of them after {passes} anti-entropy pass(es) per node",
+        acked.len(),
+        all.len()
+    );
+}
