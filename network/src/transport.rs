@@ -12,8 +12,8 @@ pub use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerRespons
 use distkv_proto::v1::{
     AntiEntropyRequest, AntiEntropyResponse, GossipRequest, GossipResponse, JoinRequest,
     JoinResponse, KeyRecord, LayoutPullRequest, LayoutPullResponse, MergeRequest, MergeResponse,
-    PeerReadRequest, PeerReadResponse, PingRequest, PingResponse, RangePullRequest,
-    RangePullResponse, ReplicateRequest, ReplicateResponse,
+    OperatorRequest, OperatorResponse, PeerReadRequest, PeerReadResponse, PingRequest,
+    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -83,6 +83,7 @@ peer_rpcs! {
     LayoutPull("layout_pull"): LayoutPullRequest => LayoutPullResponse,
     Join("join"): JoinRequest => JoinResponse,
     AntiEntropy("anti_entropy"): AntiEntropyRequest => AntiEntropyResponse,
+    Operator("operator"): OperatorRequest => OperatorResponse,
 }
 
 /// The checksum of a range-pull page, `RangePullResponse::checksum`: XXH3-64 over, per

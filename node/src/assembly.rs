@@ -12,6 +12,7 @@ use crate::antientropy::{upkeep, AntiEntropy, HashTree, TreeShape};
 use crate::api::NodeSettings;
 use crate::coordinator::{Node, NodeParts};
 use crate::handoff::{Handoff, HintStore};
+use crate::operator::Operator;
 use crate::placement::{Partitioner, Placement, PlacementSnapshot};
 use crate::rebalance::Joiner;
 use crate::replica::{MergeObserver, PeerEndpoint, PeerLimits, ReplicaStore, Replicas};
@@ -45,6 +46,8 @@ pub struct Assembled<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T
     pub rebalance: Arc<Joiner<S, M, P, T>>,
     /// Notified when the node should stop on its own (after a decommission).
     pub stop: Arc<tokio::sync::Notify>,
+    /// Operator commands (decommission, repair), for this node or forwarded.
+    pub operator: Arc<Operator<M, T>>,
     settings: NodeSettings,
 }
 
@@ -140,9 +143,20 @@ where
         state_dir: settings.state_dir.clone(),
         current: parking_lot::Mutex::new(None),
     });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let operator = Arc::new(Operator {
+        local: membership.local().clone(),
+        membership: membership.clone(),
+        transport: transport.clone(),
+        rebalance: rebalance.clone(),
+        repair: antientropy.clone(),
+        stop: stop.clone(),
+    });
+    peer.set_operator(operator.clone());
     Assembled {
         rebalance,
-        stop: Arc::new(tokio::sync::Notify::new()),
+        stop,
+        operator,
         node,
         peer,
         store,

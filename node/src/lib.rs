@@ -28,6 +28,7 @@ pub mod frontend;
 pub mod handoff;
 pub mod logging;
 pub mod observe;
+pub mod operator;
 pub mod placement;
 pub mod rebalance;
 pub mod replica;

@@ -16,6 +16,7 @@ use distkv_network::{
     NodeInfo, ReplicationFingerprint,
 };
 use distkv_node::assembly::{assemble, Assembled};
+use distkv_node::operator::Operations;
 use distkv_node::placement::HashRing;
 use distkv_node::rebalance::StreamProgress;
 use distkv_node::supervisor::Supervisor;
@@ -470,11 +471,12 @@ async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readab
     let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
     let reads = read_load(&cluster, "n2", PRELOAD, stop.clone());
 
-    let leaving = cluster.node("n3");
-    let stats = leaving
-        .parts
-        .rebalance
-        .decommission()
+    // Asked of n0 with n3's id: n0 forwards the command to n3 over the peer transport.
+    let operator = cluster.node("n0").parts.operator.clone();
+    let unknown = operator.decommission("n9".into()).await.unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    let stats = operator
+        .decommission("n3".into())
         .await
         .expect("decommission");
     cluster
@@ -488,6 +490,10 @@ async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readab
     cluster.kill("n3").await;
 
     assert!(stats.records > 0, "{stats:?}");
+    assert!(
+        stats.layout_version >= 3,
+        "answered before n3 left: {stats:?}"
+    );
     assert!(
         acked.len() > 100 && answered > 100,
         "{} {answered}",

@@ -556,10 +556,13 @@ async fn a_decommissioned_node_hands_its_ranges_over_leaves_and_stops() -> anyho
     let all: Vec<&str> = nodes.iter().map(|n| n.addr.as_str()).collect();
     wait_for_state(&all, "n3", "normal", Duration::from_secs(60)).await?;
 
-    // n1 leaves under a write load through n0.
+    // n1 leaves under a write load through n0; asked of n2 with its id (n2 forwards the
+    // command to n1 over the peer transport).
     let load = tokio::spawn(write_until(nodes[0].addr.clone(), stop.clone(), 100_000));
     let started = Instant::now();
-    let out = tokio::task::block_in_place(|| run_client(&nodes[1].addr, &["decommission"], None));
+    let out = tokio::task::block_in_place(|| {
+        run_client(&nodes[2].addr, &["decommission", "--node", "n1"], None)
+    });
     assert!(out.status.success(), "{}", stderr(&out));
     println!(
         "gossip: decommission took {:?}: {}",

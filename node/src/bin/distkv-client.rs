@@ -140,9 +140,15 @@ enum Command {
         /// The id of the node to remove (as `status` lists it).
         node_id: String,
     },
-    /// Decommission the node asked (--server): it streams its ranges to the nodes that
-    /// gain them, leaves the cluster, and stops. Takes as long as the streaming.
-    Decommission,
+    /// Decommission a node (the one asked with --server, or --node ID): it streams its
+    /// ranges to the nodes that gain them, leaves the cluster, and stops. Takes as long
+    /// as the streaming; run again after a failure, it resumes.
+    Decommission {
+        /// The node to decommission, by id; the node asked forwards the command to it
+        /// over the peer transport. Default: the node asked.
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
+    },
     /// Compare every token range the node replicates with its live replicas now and
     /// pull what differs (one anti-entropy pass). Without --wait it only starts the pass.
     Repair {
@@ -151,6 +157,10 @@ enum Command {
         /// --timeout 1h) for a large node.
         #[arg(long)]
         wait: bool,
+        /// The node to repair, by id; the node asked forwards the command to it over the
+        /// peer transport. Default: the node asked.
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
     },
 }
 
@@ -512,9 +522,11 @@ async fn run(args: Args) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        Command::Decommission => {
+        Command::Decommission { node } => {
             let r = client
-                .decommission(DecommissionRequest {})
+                .decommission(DecommissionRequest {
+                    node_id: node.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             if args.json {
@@ -533,8 +545,14 @@ async fn run(args: Args) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        Command::Repair { wait } => {
-            let r = client.repair(RepairRequest { wait }).await?.into_inner();
+        Command::Repair { wait, node } => {
+            let r = client
+                .repair(RepairRequest {
+                    wait,
+                    node_id: node.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
             if args.json {
                 let doc = serde_json::json!({
                     "done": r.done,

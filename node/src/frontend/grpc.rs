@@ -14,21 +14,19 @@ use distkv_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::antientropy::{PassReport, RepairPass};
 use crate::api::{BatchEntry, Consistency};
 use crate::coordinator::Node;
 use crate::error::NodeError;
 use crate::observe::{self, Op};
+use crate::operator::Operations;
 use crate::placement::Partitioner;
-use crate::rebalance::Decommission;
 
 /// The `KeyValue` service of one node.
 pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T: Transport> {
     node: Arc<Node<S, M, P, T>>,
     storage_engine: String,
     virtual_nodes: u32,
-    repair: Option<Arc<dyn RepairPass>>,
-    decommission: Option<(Arc<dyn Decommission>, Arc<tokio::sync::Notify>)>,
+    operations: Option<Arc<dyn Operations>>,
 }
 
 impl<S, M, P, T> KeyValueService<S, M, P, T>
@@ -44,39 +42,16 @@ where
             node,
             storage_engine,
             virtual_nodes,
-            repair: None,
-            decommission: None,
+            operations: None,
         }
     }
 
-    /// Answers `Decommission` with `rebalance`, then notifies `stop` (without it,
-    /// `Decommission` is UNIMPLEMENTED).
-    pub fn with_decommission(
-        mut self,
-        rebalance: Arc<dyn Decommission>,
-        stop: Arc<tokio::sync::Notify>,
-    ) -> Self {
-        self.decommission = Some((rebalance, stop));
+    /// Answers `Decommission` and `Repair` (for this node or, with a node id, another
+    /// one) and shows the anti-entropy and stream progress in `Status` with `operations`
+    /// (without it, `Decommission` and `Repair` are UNIMPLEMENTED).
+    pub fn with_operations(mut self, operations: Arc<dyn Operations>) -> Self {
+        self.operations = Some(operations);
         self
-    }
-
-    /// Answers `Repair` with passes of `repair` (without it, `Repair` is UNIMPLEMENTED).
-    pub fn with_repair(mut self, repair: Arc<dyn RepairPass>) -> Self {
-        self.repair = Some(repair);
-        self
-    }
-}
-
-fn repair_response(report: PassReport, done: bool) -> RepairResponse {
-    RepairResponse {
-        keys_compared: report.keys_compared,
-        keys_differing: report.keys_differing,
-        keys_repaired: report.keys_repaired,
-        bytes_moved: report.bytes_moved,
-        ranges: report.ranges,
-        ranges_clean: report.ranges_clean,
-        failures: report.failures,
-        done,
     }
 }
 
@@ -211,48 +186,28 @@ where
 
     async fn decommission(
         &self,
-        _request: Request<DecommissionRequest>,
+        request: Request<DecommissionRequest>,
     ) -> Result<Response<DecommissionResponse>, Status> {
-        let Some((rebalance, stop)) = self.decommission.clone() else {
+        let Some(operations) = self.operations.clone() else {
             return Err(Status::unimplemented(
-                "this node cannot decommission itself",
+                "this node runs no operator commands, so it cannot decommission",
             ));
         };
-        let stats = rebalance.leave().await.map_err(|e| {
-            Status::failed_precondition(format!("cannot decommission this node: {e}"))
-        })?;
-        let version = self.node.membership().layout().version();
-        // Stop once the answer is on its way.
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            stop.notify_one();
-        });
-        Ok(Response::new(DecommissionResponse {
-            layout_version: version,
-            ranges: stats.ranges as u64,
-            records: stats.records,
-            bytes: stats.bytes,
-        }))
+        let node = request.into_inner().node_id;
+        operations.decommission(node).await.map(Response::new)
     }
 
     async fn repair(
         &self,
         request: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
-        let Some(repair) = self.repair.clone() else {
+        let Some(operations) = self.operations.clone() else {
             return Err(Status::unimplemented(
                 "this node runs no anti-entropy driver, so it cannot repair",
             ));
         };
-        if request.into_inner().wait {
-            let report = repair.pass().await;
-            return Ok(Response::new(repair_response(report, true)));
-        }
-        // At most one pass runs: a request while one runs starts nothing more.
-        tokio::spawn(async move {
-            repair.pass_unless_running().await;
-        });
-        Ok(Response::new(repair_response(PassReport::default(), false)))
+        let RepairRequest { wait, node_id } = request.into_inner();
+        operations.repair(node_id, wait).await.map(Response::new)
     }
 
     async fn status(
@@ -274,7 +229,7 @@ where
             resident_memory_bytes: observe::resident_memory_bytes().unwrap_or(0),
             open_fds: observe::open_fds().unwrap_or(0),
             antientropy_ranges: self
-                .repair
+                .operations
                 .as_ref()
                 .map(|r| r.range_stats())
                 .unwrap_or_default()
@@ -290,9 +245,9 @@ where
                 })
                 .collect(),
             rebalance: self
-                .decommission
+                .operations
                 .as_ref()
-                .and_then(|(r, _)| r.progress())
+                .and_then(|o| o.progress())
                 .map(|p| StreamProgress {
                     kind: p.kind.to_string(),
                     layout_version: p.layout_version,

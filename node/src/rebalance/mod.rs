@@ -143,6 +143,7 @@ where
                 Some(MemberState::Joining) => {
                     let version = layout.version();
                     self.barrier(version).await;
+                    let streaming = Instant::now();
                     let stats = match self.stream(version).await {
                         Ok(stats) => stats,
                         Err(e) => {
@@ -168,6 +169,7 @@ where
                         ranges = stats.ranges,
                         records = stats.records,
                         bytes = stats.bytes,
+                        stream_ms = streaming.elapsed().as_millis() as u64,
                         version = self.membership.layout().version(),
                         "joined the cluster: this node is normal"
                     );

@@ -42,6 +42,8 @@ pub struct PeerEndpoint<S: StorageEngine + ?Sized> {
     limits: PeerLimits,
     membership: Option<Arc<dyn MembershipCalls>>,
     tree: Option<Arc<parking_lot::Mutex<HashTree>>>,
+    /// Runs operator commands forwarded by other nodes; set once the node is assembled.
+    operator: std::sync::OnceLock<Arc<dyn crate::operator::ForwardedCommands>>,
 }
 
 /// The peer calls membership answers: pings (with the process generation) and gossip.
@@ -98,6 +100,7 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
             limits,
             membership: None,
             tree: None,
+            operator: std::sync::OnceLock::new(),
         }
     }
 
@@ -112,6 +115,12 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
     pub fn with_membership(mut self, membership: Arc<dyn MembershipCalls>) -> Self {
         self.membership = Some(membership);
         self
+    }
+
+    /// Runs operator commands that other nodes forward (`--node ID`) with `operator`.
+    /// Set once; a second call is ignored.
+    pub fn set_operator(&self, operator: Arc<dyn crate::operator::ForwardedCommands>) {
+        let _ = self.operator.set(operator);
     }
 
     /// Decodes and checks the entries of a merge or replicate call.
@@ -348,6 +357,16 @@ impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
                 Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
                 None => Err(HandlerError::Refused(format!(
                     "gossip from {from} refused: this endpoint has no membership to answer it"
+                ))),
+            },
+            Req::Operator(r) => match self.operator.get() {
+                Some(operator) => operator
+                    .run(r)
+                    .await
+                    .map(Resp::Operator)
+                    .map_err(|status| HandlerError::Refused(status.message().to_string())),
+                None => Err(HandlerError::Refused(format!(
+                    "operator command from {from} refused: this endpoint runs none"
                 ))),
             },
             Req::Join(r) => match &self.membership {

@@ -513,8 +513,7 @@ where
             engine_name,
             config.replication.virtual_nodes,
         )
-        .with_repair(parts.antientropy.clone())
-        .with_decommission(parts.rebalance.clone(), parts.stop.clone()),
+        .with_operations(parts.operator.clone()),
     )
     .max_decoding_message_size(message_limit.max(64 << 20))
     .max_encoding_message_size(usize::MAX);
