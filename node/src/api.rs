@@ -95,6 +95,8 @@ pub struct NodeSettings {
     pub max_concurrent_requests: usize,
     /// Anti-entropy (`[antientropy]`).
     pub antientropy: crate::antientropy::AntiEntropySettings,
+    /// Tombstone GC (`[gc]`).
+    pub gc: crate::antientropy::GcSettings,
 }
 
 impl Default for NodeSettings {
@@ -127,6 +129,7 @@ impl Default for NodeSettings {
             max_streams_per_connection: 1024,
             max_concurrent_requests: 8192,
             antientropy: crate::antientropy::AntiEntropySettings::default(),
+            gc: crate::antientropy::GcSettings::default(),
         }
     }
 }

@@ -8,13 +8,13 @@ use distkv_network::{plan_removal, Liveness, Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DecommissionRequest,
-    DecommissionResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, Member,
+    DecommissionResponse, DeleteRequest, DeleteResponse, GcStatus, GetRequest, GetResponse, Member,
     PutRequest, PutResponse, RangeRepair, RemoveNodeRequest, RemoveNodeResponse, RepairRequest,
     RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
-use crate::antientropy::{PassReport, RepairPass};
+use crate::antientropy::{GcInfo, PassReport, RepairPass};
 use crate::api::{BatchEntry, Consistency};
 use crate::coordinator::Node;
 use crate::error::NodeError;
@@ -28,6 +28,7 @@ pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitio
     storage_engine: String,
     virtual_nodes: u32,
     repair: Option<Arc<dyn RepairPass>>,
+    gc: Option<Arc<dyn GcInfo>>,
     decommission: Option<(Arc<dyn Decommission>, Arc<tokio::sync::Notify>)>,
 }
 
@@ -45,6 +46,7 @@ where
             storage_engine,
             virtual_nodes,
             repair: None,
+            gc: None,
             decommission: None,
         }
     }
@@ -57,6 +59,12 @@ where
         stop: Arc<tokio::sync::Notify>,
     ) -> Self {
         self.decommission = Some((rebalance, stop));
+        self
+    }
+
+    /// Shows `gc`'s numbers in `Status`.
+    pub fn with_gc(mut self, gc: Arc<dyn GcInfo>) -> Self {
+        self.gc = Some(gc);
         self
     }
 
@@ -289,6 +297,19 @@ where
                     bytes_moved: s.last_pass.bytes_moved,
                 })
                 .collect(),
+            gc: self.gc.as_ref().map(|g| {
+                let v = g.view();
+                GcStatus {
+                    enabled: v.enabled,
+                    grace_ms: v.grace.as_millis() as u64,
+                    tombstones: v.tombstones,
+                    last_pass_ms: v.last_pass_ms,
+                    purged: v.purged,
+                    waiting: v.waiting,
+                    waiting_reasons: v.waiting_reasons,
+                    hints_dropped: v.hints_dropped,
+                }
+            }),
             node_id: node.local().id.clone(),
             address: node.local().address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

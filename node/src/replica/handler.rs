@@ -12,17 +12,20 @@ use distkv_network::{
     HandlerError, Layout, LayoutError, Membership, PeerHandler,
 };
 use distkv_proto::v1::{
-    AntiEntropyRequest, AntiEntropyResponse, GossipRequest, GossipResponse, JoinRequest,
-    JoinResponse, KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest,
-    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
-    ReplicateResponse,
+    AntiEntropyRequest, AntiEntropyResponse, GcHeld, GcPurgeRequest, GcPurgeResponse,
+    GcPushRequest, GcPushResponse, GossipRequest, GossipResponse, JoinRequest, JoinResponse,
+    KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse,
+    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
 use super::{origin_from_wire, outcome_to_wire, Incoming, Origin, ReplicaStore};
+use crate::antientropy::gc::{is_tombstone, PurgeGuard, TombstoneVersion};
+use crate::antientropy::gc_driver::{GcCounters, MAX_GC_ITEMS};
 use crate::antientropy::{wire, HashTree, ServeError, ServeLimits};
 use crate::coordinator::now_micros;
 use crate::error::NodeError;
+use crate::handoff::HintStore;
 use crate::placement::TokenRange;
 use crate::util::blocking;
 
@@ -42,6 +45,7 @@ pub struct PeerEndpoint<S: StorageEngine + ?Sized> {
     limits: PeerLimits,
     membership: Option<Arc<dyn MembershipCalls>>,
     tree: Option<Arc<parking_lot::Mutex<HashTree>>>,
+    gc: Option<(Option<Arc<HintStore>>, Arc<GcCounters>)>,
 }
 
 /// The peer calls membership answers: pings (with the process generation) and gossip.
@@ -98,7 +102,15 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
             limits,
             membership: None,
             tree: None,
+            gc: None,
         }
+    }
+
+    /// Answers tombstone GC calls (`GcPush`, `GcPurge`): a purge is refused for a key
+    /// that may have a hint pending in `hints`; purges are counted in `counters`.
+    pub fn with_gc(mut self, hints: Option<Arc<HintStore>>, counters: Arc<GcCounters>) -> Self {
+        self.gc = Some((hints, counters));
+        self
     }
 
     /// Answers anti-entropy comparisons from `tree` (this node's hash tree, kept
@@ -240,6 +252,104 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
 }
 
 impl<S: StorageEngine + ?Sized + 'static> PeerEndpoint<S> {
+    /// Tombstone GC phase 1 from a peer: merges each tombstone as a repair (checked
+    /// like a merge; a record that is not a tombstone is refused) and answers the
+    /// version held after it.
+    async fn gc_push(
+        &self,
+        from: &str,
+        request: GcPushRequest,
+    ) -> Result<GcPushResponse, HandlerError> {
+        if self.gc.is_none() {
+            return Err(HandlerError::Refused(format!(
+                "tombstone GC push from {from} refused: this node runs no tombstone GC"
+            )));
+        }
+        check_gc_items(from, "push", request.items.len())?;
+        let entries = self.accept(
+            from,
+            request
+                .items
+                .iter()
+                .map(|kr| (&kr.key[..], &kr.record[..], Origin::Repair)),
+        )?;
+        if let Some(i) = entries.iter().position(|e| !is_tombstone(&e.record)) {
+            return Err(HandlerError::Refused(format!(
+                "tombstone GC push from {from} refused, nothing of it stored: item {i} is not a tombstone"
+            )));
+        }
+        let keys: Vec<Vec<u8>> = entries.iter().map(|e| e.key.clone()).collect();
+        self.store.merge(entries).await.map_err(storage_error)?;
+        let held = keys
+            .iter()
+            .map(|k| {
+                let record = self.store.get(k).map_err(storage_error)?;
+                Ok(match record.and_then(|r| TombstoneVersion::of(k, &r)) {
+                    Some(v) => GcHeld {
+                        has_version: true,
+                        version: v.0,
+                    },
+                    None => GcHeld::default(),
+                })
+            })
+            .collect::<Result<Vec<_>, HandlerError>>()?;
+        Ok(GcPushResponse { held })
+    }
+
+    /// Tombstone GC phase 2 from a peer: deletes each key where it still holds exactly
+    /// the given version and no hint for it may be pending here.
+    async fn gc_purge(
+        &self,
+        from: &str,
+        request: GcPurgeRequest,
+    ) -> Result<GcPurgeResponse, HandlerError> {
+        let Some((hints, counters)) = &self.gc else {
+            return Err(HandlerError::Refused(format!(
+                "tombstone GC purge from {from} refused: this node runs no tombstone GC"
+            )));
+        };
+        check_gc_items(from, "purge", request.items.len())?;
+        for (i, item) in request.items.iter().enumerate() {
+            checks::check_key(&item.key, &self.limits).map_err(|e| {
+                HandlerError::Refused(format!(
+                    "tombstone GC purge from {from} refused, nothing deleted: item {i}: {e}"
+                ))
+            })?;
+        }
+        let mut purged = vec![false; request.items.len()];
+        let mut asked = Vec::new();
+        let mut items = Vec::new();
+        for (i, item) in request.items.into_iter().enumerate() {
+            let key = item.key.to_vec();
+            if hints.as_ref().is_some_and(|h| h.may_have_hint_for(&key)) {
+                continue;
+            }
+            let guard = PurgeGuard {
+                key: key.clone(),
+                version: TombstoneVersion(item.version),
+            };
+            asked.push(i);
+            items.push((key, move |r: Option<&crate::version::Record>| {
+                guard.still_current(r)
+            }));
+        }
+        if !items.is_empty() {
+            let deleted = self
+                .store
+                .delete_each_if(items)
+                .await
+                .map_err(storage_error)?;
+            let n = deleted.iter().filter(|d| **d).count() as u64;
+            counters
+                .purged
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            for (i, d) in asked.into_iter().zip(deleted) {
+                purged[i] = d;
+            }
+        }
+        Ok(GcPurgeResponse { purged })
+    }
+
     /// One question of a peer's comparison. The question names tree nodes or a token
     /// interval, not a range, so it is not checked against the ranges this node
     /// replicates: an answer about tokens this node does not hold simply shows no keys,
@@ -279,6 +389,15 @@ impl<S: StorageEngine + ?Sized + 'static> PeerEndpoint<S> {
             Err(e) => Err(HandlerError::Failed(e.to_string())),
         }
     }
+}
+
+fn check_gc_items(from: &str, what: &str, n: usize) -> Result<(), HandlerError> {
+    if n > MAX_GC_ITEMS {
+        return Err(HandlerError::Refused(format!(
+            "tombstone GC {what} from {from} refused: {n} items, over the limit of {MAX_GC_ITEMS} per call"
+        )));
+    }
+    Ok(())
 }
 
 fn storage_error(e: NodeError) -> HandlerError {
@@ -344,6 +463,8 @@ impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
             })),
             Req::RangePull(r) => self.range_pull(from, r).await.map(Resp::RangePull),
             Req::AntiEntropy(r) => self.anti_entropy(from, r).await.map(Resp::AntiEntropy),
+            Req::GcPush(r) => self.gc_push(from, r).await.map(Resp::GcPush),
+            Req::GcPurge(r) => self.gc_purge(from, r).await.map(Resp::GcPurge),
             Req::Gossip(r) => match &self.membership {
                 Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
                 None => Err(HandlerError::Refused(format!(

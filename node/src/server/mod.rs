@@ -70,6 +70,11 @@ pub fn settings(config: &Config) -> NodeSettings {
             interval: config.antientropy.interval,
             max_bytes_per_sec: config.antientropy.max_bytes_per_sec,
         },
+        gc: crate::antientropy::GcSettings {
+            enabled: config.gc.enabled,
+            grace: config.gc.grace,
+            interval: config.gc.interval,
+        },
         ..NodeSettings::default()
     }
 }
@@ -513,6 +518,7 @@ where
             config.replication.virtual_nodes,
         )
         .with_repair(parts.antientropy.clone())
+        .with_gc(parts.gc.clone())
         .with_decommission(parts.rebalance.clone(), parts.stop.clone()),
     )
     .max_decoding_message_size(message_limit.max(64 << 20))
