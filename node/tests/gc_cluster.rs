@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use distkv_backends::MemoryEngine;
+use distkv_engine::{Lsm, LsmOptions, StatValue, StorageEngine, SyncPolicy};
 use distkv_network::{
     DetectorSettings, InMemoryNetwork, InMemoryTransport, NodeInfo, StaticMembership,
 };
@@ -336,4 +337,86 @@ async fn a_hint_older_than_the_grace_is_dropped_and_a_pending_hint_blocks_the_pu
     assert_eq!(report.purged_here, 1, "{report:?}");
     assert_eq!(held(&nodes[1], 5), None);
     assert!(nodes[1].gc.view().purged >= 1);
+}
+
+fn stat(lsm: &Lsm, name: &str) -> u64 {
+    match lsm.stats().get(name) {
+        Some(StatValue::U64(v)) => *v,
+        other => panic!("engine stat {name}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_tombstones_leave_the_lsm_files_at_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two L0 files trigger a compaction into L1 (the bottom level holding anything).
+    let lsm = Arc::new(
+        Lsm::open(
+            dir.path(),
+            LsmOptions {
+                l0_compaction_files: 2,
+                sync: SyncPolicy::Never,
+                ..LsmOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let net = InMemoryNetwork::new();
+    let me = NodeInfo {
+        id: "n0".into(),
+        address: "mem-0:1".into(),
+    };
+    let membership = StaticMembership::new(
+        me.clone(),
+        vec![me.clone()],
+        16,
+        DetectorSettings::default(),
+    )
+    .unwrap();
+    let mut settings = NodeSettings::new(1, 1, 1);
+    settings.request_timeout = Duration::from_millis(100);
+    settings.hinted_handoff = false;
+    let node = assemble::<Lsm, _, HashRing, _>(
+        lsm.clone(),
+        Arc::new(membership),
+        Arc::new(net.transport("n0")),
+        None,
+        settings,
+    );
+    net.register("n0", node.peer.clone());
+    upkeep::rebuild(node.store.clone(), node.tree.clone(), 64)
+        .await
+        .unwrap();
+    const N: usize = 2_000;
+    for i in 0..N {
+        let ctx = node
+            .node
+            .put(key(i), Some(vec![b'v'; 100]), b"", Consistency::One)
+            .await
+            .unwrap();
+        node.node
+            .put(key(i), None, &ctx.to_context(), Consistency::One)
+            .await
+            .unwrap();
+    }
+    lsm.flush_memtable().unwrap();
+    lsm.compact().unwrap();
+    let before = stat(&lsm, "bytes.sstables");
+    assert!(before > 0);
+
+    node.gc.shift_clock(LATER);
+    let report = node.gc.pass().await;
+    assert_eq!(report.purged_here, N as u64, "{report:?}");
+    lsm.flush_memtable().unwrap();
+    lsm.compact().unwrap();
+    let after = stat(&lsm, "bytes.sstables");
+    let dropped = stat(&lsm, "tombstones.dropped");
+    println!(
+        "{N} purged tombstones: SSTable bytes {before} before GC, {after} after GC and compaction ({dropped} delete markers dropped)"
+    );
+    assert_eq!(after, 0, "every purged key left the files");
+    assert!(dropped >= N as u64, "{dropped}");
+    for i in (0..N).step_by(97) {
+        assert_eq!(node.node.local_record(&key(i)).unwrap(), None);
+    }
 }

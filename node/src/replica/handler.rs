@@ -647,4 +647,101 @@ mod tests {
         let m = refused(peer.handle("a", Req::RangePull(pull)).await);
         assert!(m.contains("cursor is 17 bytes"), "{m}");
     }
+
+    fn gc_endpoint() -> PeerEndpoint<MemoryEngine> {
+        endpoint().with_gc(None, Arc::new(GcCounters::default()))
+    }
+
+    fn tombstone(actor: &str) -> Record {
+        let counter = now_micros() - 1_000;
+        Record::write(
+            Dot {
+                actor: actor.into(),
+                counter,
+            },
+            VersionVector::new(),
+            counter / 1000,
+            None,
+        )
+    }
+
+    fn push(items: Vec<(&[u8], Record)>) -> Req {
+        Req::GcPush(GcPushRequest {
+            items: items
+                .into_iter()
+                .map(|(k, r)| KeyRecord {
+                    key: k.to_vec().into(),
+                    record: r.encode().into(),
+                })
+                .collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn gc_calls_from_peers_are_checked_and_answer_the_held_version() {
+        // Without GC wired, both calls are refused.
+        let m = refused(endpoint().handle("a", push(vec![])).await);
+        assert!(m.contains("runs no tombstone GC"), "{m}");
+        let peer = gc_endpoint();
+        // A live value is no tombstone: the whole push is refused.
+        let m = refused(
+            peer.handle(
+                "a",
+                push(vec![(b"k1", tombstone("a")), (b"k2", write("a", b"v"))]),
+            )
+            .await,
+        );
+        assert!(m.contains("item 1 is not a tombstone"), "{m}");
+        assert_eq!(peer.store.get(b"k1").unwrap(), None, "nothing stored");
+        // Bad keys and too many items are refused as for a merge.
+        let m = refused(
+            peer.handle("a", push(vec![(b"123456789", tombstone("a"))]))
+                .await,
+        );
+        assert!(m.contains("limits.max_key_bytes"), "{m}");
+        let many = vec![(&b"k"[..], tombstone("a")); MAX_GC_ITEMS + 1];
+        let m = refused(peer.handle("a", push(many)).await);
+        assert!(m.contains("over the limit"), "{m}");
+        // A good push: merged, and the held version answered.
+        let t = tombstone("a");
+        let held = match peer.handle("a", push(vec![(b"k1", t.clone())])).await {
+            Ok(Resp::GcPush(r)) => r.held,
+            other => panic!("{other:?}"),
+        };
+        let version = TombstoneVersion::of(b"k1", &t).unwrap();
+        assert_eq!(
+            held,
+            vec![GcHeld {
+                has_version: true,
+                version: version.0
+            }]
+        );
+        // A purge with another version deletes nothing; with the held one it does.
+        let purge = |v: u64| {
+            Req::GcPurge(GcPurgeRequest {
+                items: vec![distkv_proto::v1::GcPurgeItem {
+                    key: b"k1".to_vec().into(),
+                    version: v,
+                }],
+            })
+        };
+        match peer.handle("a", purge(version.0 ^ 1)).await {
+            Ok(Resp::GcPurge(r)) => assert_eq!(r.purged, vec![false]),
+            other => panic!("{other:?}"),
+        }
+        assert!(peer.store.get(b"k1").unwrap().is_some());
+        match peer.handle("a", purge(version.0)).await {
+            Ok(Resp::GcPurge(r)) => assert_eq!(r.purged, vec![true]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(peer.store.get(b"k1").unwrap(), None);
+        let bad = Req::GcPurge(GcPurgeRequest {
+            items: vec![distkv_proto::v1::GcPurgeItem {
+                key: Vec::new().into(),
+                version: 1,
+            }],
+        });
+        let m = refused(peer.handle("a", bad).await);
+        assert!(m.contains("item 0") && m.contains("key is empty"), "{m}");
+    }
 }
