@@ -15,7 +15,9 @@
 //!    the call confirms nothing: the key waits (and the next pass tries again);
 //! 3. waits `in_flight` (at least the request timeout), so that any replication or read
 //!    repair that started before the confirmations has ended;
-//! 4. **phase 2**: re-reads each candidate and asks [`gc::decide`] again; on
+//! 4. **phase 2**: re-reads each candidate and asks [`gc::decide`] again, with the
+//!    replica sets of the layout in force then (an owner added since phase 1 has
+//!    confirmed nothing, so the key waits); on
 //!    `Purge(guard)` it deletes the key here with [`ReplicaStore::delete_each_if`] and
 //!    `guard.still_current` (a write that came in since cancels it), then sends every
 //!    other replica a `GcPurge` with the key and version, which each applies with the
@@ -438,7 +440,16 @@ where
         if confirmed_any {
             tokio::time::sleep(self.in_flight).await;
         }
-        // Phase 2: decide again on what is stored now.
+        // Phase 2: decide again on what is stored now, under the layout in force now (a
+        // change since phase 1 may have added owners, which have confirmed nothing).
+        let snapshot = self.parts.placement.current();
+        for (i, c) in batch.iter().enumerate() {
+            let ws = snapshot.write_sets(&c.key, self.replicas);
+            for n in ws.all() {
+                nodes.entry(n.id.clone()).or_insert(n);
+            }
+            sets[i] = ws.id_sets();
+        }
         let mut guards = Vec::new();
         for (i, c) in batch.iter().enumerate() {
             let record = match self.parts.store.get(&c.key) {
