@@ -332,6 +332,9 @@ mod tests {
                     Err(HandlerError::Refused("not served here".into()))
                 }
                 Req::AntiEntropy(_) => Err(HandlerError::Refused("anti-entropy refused".into())),
+                Req::GcPush(_) | Req::GcPurge(_) => {
+                    Err(HandlerError::Refused("tombstone GC refused".into()))
+                }
             }
         }
     }

@@ -10,10 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse};
 use distkv_proto::v1::{
-    AntiEntropyRequest, AntiEntropyResponse, GossipRequest, GossipResponse, JoinRequest,
-    JoinResponse, KeyRecord, LayoutPullRequest, LayoutPullResponse, MergeRequest, MergeResponse,
-    OperatorRequest, OperatorResponse, PeerReadRequest, PeerReadResponse, PingRequest,
-    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
+    AntiEntropyRequest, AntiEntropyResponse, GcPurgeRequest, GcPurgeResponse, GcPushRequest,
+    GcPushResponse, GossipRequest, GossipResponse, JoinRequest, JoinResponse, KeyRecord,
+    LayoutPullRequest, LayoutPullResponse, MergeRequest, MergeResponse, OperatorRequest,
+    OperatorResponse, PeerReadRequest, PeerReadResponse, PingRequest, PingResponse,
+    RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -84,6 +85,8 @@ peer_rpcs! {
     Join("join"): JoinRequest => JoinResponse,
     AntiEntropy("anti_entropy"): AntiEntropyRequest => AntiEntropyResponse,
     Operator("operator"): OperatorRequest => OperatorResponse,
+    GcPush("gc_push"): GcPushRequest => GcPushResponse,
+    GcPurge("gc_purge"): GcPurgeRequest => GcPurgeResponse,
 }
 
 /// The checksum of a range-pull page, `RangePullResponse::checksum`: XXH3-64 over, per

@@ -98,6 +98,8 @@ pub struct NodeSettings {
     pub max_concurrent_requests: usize,
     /// Anti-entropy (`[antientropy]`).
     pub antientropy: crate::antientropy::AntiEntropySettings,
+    /// Tombstone GC (`[gc]`).
+    pub gc: crate::antientropy::GcSettings,
 }
 
 impl Default for NodeSettings {
@@ -131,6 +133,7 @@ impl Default for NodeSettings {
             max_streams_per_connection: 1024,
             max_concurrent_requests: 8192,
             antientropy: crate::antientropy::AntiEntropySettings::default(),
+            gc: crate::antientropy::GcSettings::default(),
         }
     }
 }

@@ -8,7 +8,8 @@ use distkv_network::{Membership, MembershipEvent, Transport};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::antientropy::driver::DriverParts;
-use crate::antientropy::{upkeep, AntiEntropy, HashTree, TreeShape};
+use crate::antientropy::gc_driver::GcParts;
+use crate::antientropy::{upkeep, AntiEntropy, GcCounters, HashTree, TombstoneGc, TreeShape};
 use crate::api::NodeSettings;
 use crate::coordinator::{Node, NodeParts};
 use crate::handoff::{Handoff, HintStore};
@@ -42,6 +43,8 @@ pub struct Assembled<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T
     /// The anti-entropy driver (its background passes run only when enabled; `repair`
     /// runs a pass either way).
     pub antientropy: Arc<AntiEntropy<S, M, P, T>>,
+    /// Tombstone GC (its background passes run only when enabled).
+    pub gc: Arc<TombstoneGc<S, M, P, T>>,
     /// Joins and decommissions of this node.
     pub rebalance: Arc<Joiner<S, M, P, T>>,
     /// Notified when the node should stop on its own (after a decommission).
@@ -91,13 +94,17 @@ where
     let placement = Arc::new(Placement::new(PlacementSnapshot::of_layout(
         &membership.layout(),
     )));
-    let handoff = hints.filter(|_| settings.hinted_handoff).map(|h| {
-        Arc::new(Handoff::new(
-            h,
-            replicas.clone(),
-            membership.clone(),
-            settings.hint_replay_batch,
-        ))
+    let gc_counters = Arc::new(GcCounters::default());
+    let handoff = hints.clone().filter(|_| settings.hinted_handoff).map(|h| {
+        Arc::new(
+            Handoff::new(
+                h,
+                replicas.clone(),
+                membership.clone(),
+                settings.hint_replay_batch,
+            )
+            .with_max_age(settings.gc.grace, gc_counters.clone()),
+        )
     });
     let node = Node::new(
         NodeParts {
@@ -115,8 +122,23 @@ where
             PeerLimits::from_settings(&settings),
         )
         .with_membership(membership.clone())
-        .with_antientropy(tree.clone()),
+        .with_antientropy(tree.clone())
+        .with_gc(hints.clone(), gc_counters.clone()),
     );
+    let gc = Arc::new(TombstoneGc::new(
+        GcParts {
+            store: store.clone(),
+            membership: membership.clone(),
+            placement: placement.clone(),
+            transport: transport.clone(),
+            hints,
+            counters: gc_counters,
+        },
+        settings.replicas,
+        settings.request_timeout,
+        settings.antientropy.max_bytes_per_sec,
+        settings.gc,
+    ));
     let antientropy = Arc::new(AntiEntropy::new(
         DriverParts {
             store: store.clone(),
@@ -167,6 +189,7 @@ where
         replicas,
         tree,
         antientropy,
+        gc,
         settings,
     }
 }
@@ -181,7 +204,8 @@ where
     /// Starts the node's background work under `supervisor`: hint replay, the
     /// membership's round (gossip, or the liveness probe of every member), the placement
     /// updater that installs a new snapshot when the layout changes, the anti-entropy
-    /// tree's rebuild from the store and, when enabled, the anti-entropy passes.
+    /// tree's rebuild from the store and, when enabled, the anti-entropy passes and the
+    /// tombstone GC passes.
     pub fn start_background(&self, supervisor: &Supervisor) {
         let (store, tree) = (self.store.clone(), self.tree.clone());
         supervisor.spawn("antientropy-rebuild", async move {
@@ -210,6 +234,20 @@ where
                     tick.tick().await;
                     // A pass started by `repair` is as good as this one.
                     driver.pass_unless_running().await;
+                }
+            });
+        }
+        if self.settings.gc.enabled {
+            let gc = self.gc.clone();
+            let interval = self.settings.gc.interval;
+            // The first pass one interval after start-up, like anti-entropy's.
+            supervisor.spawn("tombstone-gc", async move {
+                let first = tokio::time::Instant::now() + interval;
+                let mut tick = tokio::time::interval_at(first, interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    gc.pass_unless_running().await;
                 }
             });
         }

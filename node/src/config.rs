@@ -69,6 +69,8 @@ pub struct Config {
     pub rebalance: RebalanceConfig,
     /// Anti-entropy: comparing replicas in the background and pulling what differs.
     pub antientropy: AntiEntropyConfig,
+    /// Tombstone GC: purging deleted keys once every replica holds the delete.
+    pub gc: GcConfig,
     /// How the node calls its peers.
     pub transport: TransportConfig,
     /// Logging.
@@ -96,6 +98,7 @@ impl Default for Config {
             membership: MembershipConfig::default(),
             rebalance: RebalanceConfig::default(),
             antientropy: AntiEntropyConfig::default(),
+            gc: GcConfig::default(),
             transport: TransportConfig::default(),
             log: LogConfig::default(),
             tls: TlsConfig::default(),
@@ -312,6 +315,33 @@ impl Default for AntiEntropyConfig {
             enabled: true,
             interval: Duration::from_secs(60),
             max_bytes_per_sec: 8 << 20,
+        }
+    }
+}
+
+/// Tombstone GC settings (`[gc]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// Run a GC pass every `interval`. Off, tombstones are kept for ever (the node
+    /// still answers its peers' GC calls).
+    pub enabled: bool,
+    /// How long a tombstone is kept before GC considers purging it; must exceed the
+    /// clock skew between nodes. Hints older than this are dropped at replay instead
+    /// of delivered (they could bring back a key whose delete was purged).
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Time between the starts of two GC passes over this node's store.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            grace: Duration::from_secs(24 * 3600),
+            interval: Duration::from_secs(600),
         }
     }
 }
@@ -1043,6 +1073,23 @@ impl Config {
                 "must be at least 65536 (64 KiB/s; default 8388608, 8 MiB/s): below it a pass over a large store never ends".into(),
             ));
         }
+        let gc = &self.gc;
+        if gc.grace.is_zero() {
+            return Err(bad(
+                "gc.grace",
+                &format!("{:?}", gc.grace),
+                "must be more than 0 (default 24h): a tombstone needs time to reach every replica, and more than the clock skew between nodes".into(),
+            ));
+        }
+        if gc.interval < Duration::from_millis(100)
+            || gc.interval > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(bad(
+                "gc.interval",
+                &format!("{:?}", gc.interval),
+                "must be from 100ms to 7 days (default 10m)".into(),
+            ));
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_key_bytes", l.max_key_bytes),
@@ -1440,6 +1487,61 @@ mod tests {
             jail.set_env("DISTKV_ANTIENTROPY__MAX_BYTES_PER_SEC", "65536");
             let msg = err_of(load(Some(Path::new("typo.toml")), Flags::default()));
             assert!(msg.contains("intervall"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn gc_settings_default_load_and_are_checked() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let defaults = load(None, Flags::default()).unwrap().config.gc;
+            assert_eq!(defaults, GcConfig::default());
+            assert!(defaults.enabled);
+            assert_eq!(defaults.grace, Duration::from_secs(24 * 3600));
+            assert_eq!(defaults.interval, Duration::from_secs(600));
+            jail.create_file(
+                "gc.toml",
+                "[gc]\nenabled = false\ngrace = \"2s\"\ninterval = \"500ms\"\n",
+            )?;
+            let file = load(Some(Path::new("gc.toml")), Flags::default())
+                .unwrap()
+                .config
+                .gc;
+            assert_eq!(
+                file,
+                GcConfig {
+                    enabled: false,
+                    grace: Duration::from_secs(2),
+                    interval: Duration::from_millis(500),
+                }
+            );
+            jail.set_env("DISTKV_GC__GRACE", "3h");
+            let env = load(Some(Path::new("gc.toml")), Flags::default())
+                .unwrap()
+                .config;
+            assert_eq!(env.gc.grace, Duration::from_secs(3 * 3600));
+            jail.set_env("DISTKV_GC__GRACE", "0s");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(
+                msg.contains("gc.grace") && msg.contains("DISTKV_GC__GRACE"),
+                "{msg}"
+            );
+            jail.set_env("DISTKV_GC__GRACE", "1h");
+            jail.set_env("DISTKV_GC__INTERVAL", "1ms");
+            let msg = err_of(load(None, Flags::default()));
+            assert!(
+                msg.contains("gc.interval") && msg.contains("DISTKV_GC__INTERVAL"),
+                "{msg}"
+            );
+            // The environment would override the files below.
+            jail.clear_env();
+            jail.create_file("typo.toml", "[gc]\ngrase = \"1s\"\n")?;
+            let msg = err_of(load(Some(Path::new("typo.toml")), Flags::default()));
+            assert!(msg.contains("grase"), "{msg}");
+            jail.create_file("bad.toml", "[gc]\ngrace = \"soon\"\n")?;
+            let msg = err_of(load(Some(Path::new("bad.toml")), Flags::default()));
+            assert!(msg.contains("grace"), "{msg}");
             Ok(())
         });
     }

@@ -108,13 +108,13 @@ pub struct RangeStats {
 /// Paces bytes to `rate` per second: a sans-IO token bucket that says until when to
 /// wait.
 #[derive(Debug)]
-struct Throttle {
+pub(crate) struct Throttle {
     rate: f64,
     next_free: Option<Instant>,
 }
 
 impl Throttle {
-    fn new(bytes_per_sec: u64) -> Self {
+    pub(crate) fn new(bytes_per_sec: u64) -> Self {
         Throttle {
             rate: bytes_per_sec.max(1) as f64,
             next_free: None,
@@ -132,7 +132,7 @@ impl Throttle {
         (next > now + BURST).then(|| next - BURST)
     }
 
-    async fn pace(&mut self, bytes: u64) {
+    pub(crate) async fn pace(&mut self, bytes: u64) {
         if let Some(until) = self.charge(bytes, Instant::now()) {
             tokio::time::sleep_until(until.into()).await;
         }

@@ -7,6 +7,8 @@
 //!   [`Suspects`]); [`answer`] is the peer's side.
 //! * [`gc`]: [`gc::decide`], the two-phase tombstone GC decision, and [`PurgeGuard`],
 //!   the compare-and-delete predicate.
+//! * [`gc_driver`]: [`TombstoneGc`], the GC pass: the thin async shell around
+//!   [`gc::decide`] (paged scan, `GcPush` and `GcPurge` peer calls).
 //! * [`upkeep`]: the link to [`crate::replica::ReplicaStore`]: the tree as the store's
 //!   [`crate::replica::MergeObserver`], key hashes read from storage, the background
 //!   rebuild ([`upkeep::rebuild`]).
@@ -25,6 +27,7 @@
 pub mod driver;
 pub mod exchange;
 pub mod gc;
+pub mod gc_driver;
 pub mod tree;
 pub mod upkeep;
 pub mod wire;
@@ -37,6 +40,7 @@ pub use exchange::{
 pub use gc::{
     decide, Confirmation, GcDecision, GcInput, GcPolicy, KeepReason, PurgeGuard, TombstoneVersion,
 };
+pub use gc_driver::{GcCounters, GcInfo, GcReport, GcSettings, GcView, TombstoneGc};
 pub use tree::{item_hash, HashTree, Position, Summary, TreeError, TreeShape};
 
 /// The tree's upkeep from the write path: give the store an

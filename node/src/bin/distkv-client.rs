@@ -639,6 +639,16 @@ async fn run(args: Args) -> Result<u8, Failure> {
                         "bytes": p.bytes,
                         "resumed": p.resumed,
                     })),
+                    "gc": s.gc.as_ref().map(|g| serde_json::json!({
+                        "enabled": g.enabled,
+                        "grace_ms": g.grace_ms,
+                        "tombstones": g.tombstones,
+                        "last_pass_ms": g.last_pass_ms,
+                        "purged": g.purged,
+                        "waiting": g.waiting,
+                        "waiting_reasons": g.waiting_reasons,
+                        "hints_dropped": g.hints_dropped,
+                    })),
                 });
                 out(format!("{doc}\n").as_bytes())?;
                 return Ok(0);
@@ -667,6 +677,12 @@ async fn run(args: Args) -> Result<u8, Failure> {
             ));
             if let Some(p) = &s.rebalance {
                 text.push_str(&format!("change    {}\n", rebalance_line(p)));
+            }
+            if let Some(g) = &s.gc {
+                text.push_str(&format!("gc        {}\n", gc_line(g)));
+                for why in &g.waiting_reasons {
+                    text.push_str(&format!("  waiting: {why}\n"));
+                }
             }
             text.push_str(&format!(
                 "members   {total} total nodes, {alive} alive, {dead} dead ({:.1}% availability)\n",
@@ -726,6 +742,31 @@ fn rebalance_line(p: &distkv_proto::v1::StreamProgress) -> String {
         } else {
             ""
         }
+    )
+}
+
+/// One line on tombstone GC: tombstones held after the last pass and when it ran,
+/// purged so far, waiting.
+fn gc_line(g: &distkv_proto::v1::GcStatus) -> String {
+    let grace = humantime::format_duration(Duration::from_millis(g.grace_ms));
+    if !g.enabled && g.last_pass_ms.is_none() {
+        return format!("off (grace {grace}), {} purged at peers' request", g.purged);
+    }
+    let held = match (g.tombstones, g.last_pass_ms) {
+        (Some(n), Some(at)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            format!(
+                "{n} tombstones held as of the last pass {} ago",
+                humantime::format_duration(Duration::from_secs(now.saturating_sub(at) / 1000))
+            )
+        }
+        _ => "no pass yet".to_string(),
+    };
+    format!(
+        "{held}, {} purged, {} waiting, {} stale hints dropped (grace {grace})",
+        g.purged, g.waiting, g.hints_dropped
     )
 }
 

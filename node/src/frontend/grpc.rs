@@ -8,12 +8,13 @@ use distkv_network::{plan_removal, Liveness, Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DecommissionRequest,
-    DecommissionResponse, DeleteRequest, DeleteResponse, GetRequest, GetResponse, Member,
+    DecommissionResponse, DeleteRequest, DeleteResponse, GcStatus, GetRequest, GetResponse, Member,
     PutRequest, PutResponse, RangeRepair, RemoveNodeRequest, RemoveNodeResponse, RepairRequest,
     RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse, StreamProgress,
 };
 use tonic::{Request, Response, Status};
 
+use crate::antientropy::GcInfo;
 use crate::api::{BatchEntry, Consistency};
 use crate::coordinator::Node;
 use crate::error::NodeError;
@@ -27,6 +28,7 @@ pub struct KeyValueService<S: StorageEngine + ?Sized, M: Membership, P: Partitio
     storage_engine: String,
     virtual_nodes: u32,
     operations: Option<Arc<dyn Operations>>,
+    gc: Option<Arc<dyn GcInfo>>,
 }
 
 impl<S, M, P, T> KeyValueService<S, M, P, T>
@@ -43,6 +45,7 @@ where
             storage_engine,
             virtual_nodes,
             operations: None,
+            gc: None,
         }
     }
 
@@ -51,6 +54,12 @@ where
     /// (without it, `Decommission` and `Repair` are UNIMPLEMENTED).
     pub fn with_operations(mut self, operations: Arc<dyn Operations>) -> Self {
         self.operations = Some(operations);
+        self
+    }
+
+    /// Shows `gc`'s numbers in `Status`.
+    pub fn with_gc(mut self, gc: Arc<dyn GcInfo>) -> Self {
+        self.gc = Some(gc);
         self
     }
 }
@@ -257,6 +266,19 @@ where
                     bytes: p.bytes,
                     resumed: p.resumed,
                 }),
+            gc: self.gc.as_ref().map(|g| {
+                let v = g.view();
+                GcStatus {
+                    enabled: v.enabled,
+                    grace_ms: v.grace.as_millis() as u64,
+                    tombstones: v.tombstones,
+                    last_pass_ms: v.last_pass_ms,
+                    purged: v.purged,
+                    waiting: v.waiting,
+                    waiting_reasons: v.waiting_reasons,
+                    hints_dropped: v.hints_dropped,
+                }
+            }),
             node_id: node.local().id.clone(),
             address: node.local().address.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -33,20 +33,66 @@ pub struct HintStore {
     seq: AtomicU64,
     /// Pending hints per target, kept in memory for Status and to skip idle targets.
     pending: Mutex<BTreeMap<String, u64>>,
+    /// Which user keys have a pending hint (any target), for tombstone GC.
+    keys: Mutex<KeyFilter>,
+}
+
+/// Slots of the [`KeyFilter`]: 256 KiB whatever the number of hints.
+const FILTER_SLOTS: usize = 1 << 16;
+
+/// A counting filter of the user keys with pending hints: fixed memory; a key with a
+/// pending hint is always reported pending, and a key without one may be reported
+/// pending too when another key shares its slot (tombstone GC then merely waits).
+struct KeyFilter {
+    counts: Vec<u32>,
+}
+
+impl KeyFilter {
+    fn new() -> Self {
+        KeyFilter {
+            counts: vec![0; FILTER_SLOTS],
+        }
+    }
+
+    fn slot(key: &[u8]) -> usize {
+        (xxhash_rust::xxh3::xxh3_64(key) % FILTER_SLOTS as u64) as usize
+    }
+
+    fn add(&mut self, key: &[u8]) {
+        let c = &mut self.counts[Self::slot(key)];
+        *c = c.saturating_add(1);
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        let c = &mut self.counts[Self::slot(key)];
+        // A saturated slot stays pending for ever (safe: GC waits).
+        if *c != u32::MAX {
+            *c = c.saturating_sub(1);
+        }
+    }
+
+    fn may_hold(&self, key: &[u8]) -> bool {
+        self.counts[Self::slot(key)] > 0
+    }
 }
 
 impl HintStore {
     /// Opens the store over `engine`, counting the hints already there.
     pub fn open(engine: Arc<dyn StorageEngine>) -> Result<Self, distkv_engine::Error> {
         let mut pending = BTreeMap::new();
+        let mut keys = KeyFilter::new();
         let mut range = KeyRange::all();
         loop {
             let page = engine.scan(&range, 1024)?;
             let Some((last, _)) = page.last() else { break };
             range = range.after(last);
-            for (k, _) in &page {
+            for (k, v) in &page {
                 if let Some(target) = target_of(k) {
                     *pending.entry(target).or_insert(0) += 1;
+                    // An undecodable hint names no key (and `take` reports it).
+                    if let Some(key) = key_of_hint(v) {
+                        keys.add(key);
+                    }
                 }
             }
         }
@@ -58,6 +104,7 @@ impl HintStore {
             engine,
             seq: AtomicU64::new(now),
             pending: Mutex::new(pending),
+            keys: Mutex::new(keys),
         })
     }
 
@@ -81,9 +128,29 @@ impl HintStore {
             value.extend_from_slice(&encoded);
             batch.put(id, value);
         }
-        self.engine.write(batch)?;
+        // Counted before the write: a key is never shown without a pending hint while
+        // its hint is already stored.
+        {
+            let mut keys = self.keys.lock();
+            for (key, _) in entries {
+                keys.add(key);
+            }
+        }
+        if let Err(e) = self.engine.write(batch) {
+            let mut keys = self.keys.lock();
+            for (key, _) in entries {
+                keys.remove(key);
+            }
+            return Err(e);
+        }
         *self.pending.lock().entry(target.to_string()).or_insert(0) += entries.len() as u64;
         Ok(())
+    }
+
+    /// Whether a hint for user key `key` may be pending (for any target): false means
+    /// none is; true may be a false alarm (see `KeyFilter`).
+    pub fn may_have_hint_for(&self, key: &[u8]) -> bool {
+        self.keys.lock().may_hold(key)
     }
 
     /// Targets with pending hints, and how many each.
@@ -119,14 +186,20 @@ impl HintStore {
             .collect()
     }
 
-    /// Deletes delivered hints of `target`.
-    pub fn remove(&self, target: &str, ids: Vec<Vec<u8>>) -> Result<(), distkv_engine::Error> {
-        let n = ids.len() as u64;
+    /// Deletes hints of `target` (delivered, or dropped as too old).
+    pub fn remove(&self, target: &str, hints: &[Hint]) -> Result<(), distkv_engine::Error> {
+        let n = hints.len() as u64;
         let mut batch = WriteBatch::new();
-        for id in ids {
-            batch.delete(id);
+        for hint in hints {
+            batch.delete(hint.id.clone());
         }
         self.engine.write(batch)?;
+        {
+            let mut keys = self.keys.lock();
+            for hint in hints {
+                keys.remove(&hint.key);
+            }
+        }
         if let Some(c) = self.pending.lock().get_mut(target) {
             *c = c.saturating_sub(n);
         }
@@ -151,6 +224,11 @@ fn target_of(id: &[u8]) -> Option<String> {
         return None;
     }
     String::from_utf8(id[..zero].to_vec()).ok()
+}
+
+fn key_of_hint(value: &[u8]) -> Option<&[u8]> {
+    let len = u64::from_be_bytes(value.get(..8)?.try_into().ok()?) as usize;
+    value.get(8..8usize.checked_add(len)?)
 }
 
 fn decode_hint(value: &[u8]) -> Option<(Vec<u8>, Record)> {
@@ -207,10 +285,11 @@ mod tests {
             vec![b"a".to_vec(), b"b".to_vec()]
         );
         assert_eq!(hints[1].record, record("y"));
-        store
-            .remove("n2", hints.into_iter().map(|h| h.id).collect())
-            .unwrap();
+        assert!(store.may_have_hint_for(b"a") && store.may_have_hint_for(b"b"));
+        store.remove("n2", &hints).unwrap();
         assert_eq!(store.take("n2", 10).unwrap(), vec![]);
         assert_eq!(store.total_pending(), 1);
+        assert!(store.may_have_hint_for(b"a"), "n3's hint for a is pending");
+        assert!(!store.may_have_hint_for(b"b"), "b's only hint was removed");
     }
 }

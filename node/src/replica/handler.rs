@@ -12,17 +12,20 @@ use distkv_network::{
     HandlerError, Layout, LayoutError, Membership, PeerHandler,
 };
 use distkv_proto::v1::{
-    AntiEntropyRequest, AntiEntropyResponse, GossipRequest, GossipResponse, JoinRequest,
-    JoinResponse, KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest,
-    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
-    ReplicateResponse,
+    AntiEntropyRequest, AntiEntropyResponse, GcHeld, GcPurgeRequest, GcPurgeResponse,
+    GcPushRequest, GcPushResponse, GossipRequest, GossipResponse, JoinRequest, JoinResponse,
+    KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse,
+    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
 use super::{origin_from_wire, outcome_to_wire, Incoming, Origin, ReplicaStore};
+use crate::antientropy::gc::{is_tombstone, PurgeGuard, TombstoneVersion};
+use crate::antientropy::gc_driver::{GcCounters, MAX_GC_ITEMS};
 use crate::antientropy::{wire, HashTree, ServeError, ServeLimits};
 use crate::coordinator::now_micros;
 use crate::error::NodeError;
+use crate::handoff::HintStore;
 use crate::placement::TokenRange;
 use crate::util::blocking;
 
@@ -44,6 +47,7 @@ pub struct PeerEndpoint<S: StorageEngine + ?Sized> {
     tree: Option<Arc<parking_lot::Mutex<HashTree>>>,
     /// Runs operator commands forwarded by other nodes; set once the node is assembled.
     operator: std::sync::OnceLock<Arc<dyn crate::operator::ForwardedCommands>>,
+    gc: Option<(Option<Arc<HintStore>>, Arc<GcCounters>)>,
 }
 
 /// The peer calls membership answers: pings (with the process generation) and gossip.
@@ -101,7 +105,15 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
             membership: None,
             tree: None,
             operator: std::sync::OnceLock::new(),
+            gc: None,
         }
+    }
+
+    /// Answers tombstone GC calls (`GcPush`, `GcPurge`): a purge is refused for a key
+    /// that may have a hint pending in `hints`; purges are counted in `counters`.
+    pub fn with_gc(mut self, hints: Option<Arc<HintStore>>, counters: Arc<GcCounters>) -> Self {
+        self.gc = Some((hints, counters));
+        self
     }
 
     /// Answers anti-entropy comparisons from `tree` (this node's hash tree, kept
@@ -249,6 +261,104 @@ impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
 }
 
 impl<S: StorageEngine + ?Sized + 'static> PeerEndpoint<S> {
+    /// Tombstone GC phase 1 from a peer: merges each tombstone as a repair (checked
+    /// like a merge; a record that is not a tombstone is refused) and answers the
+    /// version held after it.
+    async fn gc_push(
+        &self,
+        from: &str,
+        request: GcPushRequest,
+    ) -> Result<GcPushResponse, HandlerError> {
+        if self.gc.is_none() {
+            return Err(HandlerError::Refused(format!(
+                "tombstone GC push from {from} refused: this node runs no tombstone GC"
+            )));
+        }
+        check_gc_items(from, "push", request.items.len())?;
+        let entries = self.accept(
+            from,
+            request
+                .items
+                .iter()
+                .map(|kr| (&kr.key[..], &kr.record[..], Origin::Repair)),
+        )?;
+        if let Some(i) = entries.iter().position(|e| !is_tombstone(&e.record)) {
+            return Err(HandlerError::Refused(format!(
+                "tombstone GC push from {from} refused, nothing of it stored: item {i} is not a tombstone"
+            )));
+        }
+        let keys: Vec<Vec<u8>> = entries.iter().map(|e| e.key.clone()).collect();
+        self.store.merge(entries).await.map_err(storage_error)?;
+        let held = keys
+            .iter()
+            .map(|k| {
+                let record = self.store.get(k).map_err(storage_error)?;
+                Ok(match record.and_then(|r| TombstoneVersion::of(k, &r)) {
+                    Some(v) => GcHeld {
+                        has_version: true,
+                        version: v.0,
+                    },
+                    None => GcHeld::default(),
+                })
+            })
+            .collect::<Result<Vec<_>, HandlerError>>()?;
+        Ok(GcPushResponse { held })
+    }
+
+    /// Tombstone GC phase 2 from a peer: deletes each key where it still holds exactly
+    /// the given version and no hint for it may be pending here.
+    async fn gc_purge(
+        &self,
+        from: &str,
+        request: GcPurgeRequest,
+    ) -> Result<GcPurgeResponse, HandlerError> {
+        let Some((hints, counters)) = &self.gc else {
+            return Err(HandlerError::Refused(format!(
+                "tombstone GC purge from {from} refused: this node runs no tombstone GC"
+            )));
+        };
+        check_gc_items(from, "purge", request.items.len())?;
+        for (i, item) in request.items.iter().enumerate() {
+            checks::check_key(&item.key, &self.limits).map_err(|e| {
+                HandlerError::Refused(format!(
+                    "tombstone GC purge from {from} refused, nothing deleted: item {i}: {e}"
+                ))
+            })?;
+        }
+        let mut purged = vec![false; request.items.len()];
+        let mut asked = Vec::new();
+        let mut items = Vec::new();
+        for (i, item) in request.items.into_iter().enumerate() {
+            let key = item.key.to_vec();
+            if hints.as_ref().is_some_and(|h| h.may_have_hint_for(&key)) {
+                continue;
+            }
+            let guard = PurgeGuard {
+                key: key.clone(),
+                version: TombstoneVersion(item.version),
+            };
+            asked.push(i);
+            items.push((key, move |r: Option<&crate::version::Record>| {
+                guard.still_current(r)
+            }));
+        }
+        if !items.is_empty() {
+            let deleted = self
+                .store
+                .delete_each_if(items)
+                .await
+                .map_err(storage_error)?;
+            let n = deleted.iter().filter(|d| **d).count() as u64;
+            counters
+                .purged
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            for (i, d) in asked.into_iter().zip(deleted) {
+                purged[i] = d;
+            }
+        }
+        Ok(GcPurgeResponse { purged })
+    }
+
     /// One question of a peer's comparison. The question names tree nodes or a token
     /// interval, not a range, so it is not checked against the ranges this node
     /// replicates: an answer about tokens this node does not hold simply shows no keys,
@@ -288,6 +398,15 @@ impl<S: StorageEngine + ?Sized + 'static> PeerEndpoint<S> {
             Err(e) => Err(HandlerError::Failed(e.to_string())),
         }
     }
+}
+
+fn check_gc_items(from: &str, what: &str, n: usize) -> Result<(), HandlerError> {
+    if n > MAX_GC_ITEMS {
+        return Err(HandlerError::Refused(format!(
+            "tombstone GC {what} from {from} refused: {n} items, over the limit of {MAX_GC_ITEMS} per call"
+        )));
+    }
+    Ok(())
 }
 
 fn storage_error(e: NodeError) -> HandlerError {
@@ -353,6 +472,8 @@ impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
             })),
             Req::RangePull(r) => self.range_pull(from, r).await.map(Resp::RangePull),
             Req::AntiEntropy(r) => self.anti_entropy(from, r).await.map(Resp::AntiEntropy),
+            Req::GcPush(r) => self.gc_push(from, r).await.map(Resp::GcPush),
+            Req::GcPurge(r) => self.gc_purge(from, r).await.map(Resp::GcPurge),
             Req::Gossip(r) => match &self.membership {
                 Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
                 None => Err(HandlerError::Refused(format!(
@@ -544,5 +665,102 @@ mod tests {
         };
         let m = refused(peer.handle("a", Req::RangePull(pull)).await);
         assert!(m.contains("cursor is 17 bytes"), "{m}");
+    }
+
+    fn gc_endpoint() -> PeerEndpoint<MemoryEngine> {
+        endpoint().with_gc(None, Arc::new(GcCounters::default()))
+    }
+
+    fn tombstone(actor: &str) -> Record {
+        let counter = now_micros() - 1_000;
+        Record::write(
+            Dot {
+                actor: actor.into(),
+                counter,
+            },
+            VersionVector::new(),
+            counter / 1000,
+            None,
+        )
+    }
+
+    fn push(items: Vec<(&[u8], Record)>) -> Req {
+        Req::GcPush(GcPushRequest {
+            items: items
+                .into_iter()
+                .map(|(k, r)| KeyRecord {
+                    key: k.to_vec().into(),
+                    record: r.encode().into(),
+                })
+                .collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn gc_calls_from_peers_are_checked_and_answer_the_held_version() {
+        // Without GC wired, both calls are refused.
+        let m = refused(endpoint().handle("a", push(vec![])).await);
+        assert!(m.contains("runs no tombstone GC"), "{m}");
+        let peer = gc_endpoint();
+        // A live value is no tombstone: the whole push is refused.
+        let m = refused(
+            peer.handle(
+                "a",
+                push(vec![(b"k1", tombstone("a")), (b"k2", write("a", b"v"))]),
+            )
+            .await,
+        );
+        assert!(m.contains("item 1 is not a tombstone"), "{m}");
+        assert_eq!(peer.store.get(b"k1").unwrap(), None, "nothing stored");
+        // Bad keys and too many items are refused as for a merge.
+        let m = refused(
+            peer.handle("a", push(vec![(b"123456789", tombstone("a"))]))
+                .await,
+        );
+        assert!(m.contains("limits.max_key_bytes"), "{m}");
+        let many = vec![(&b"k"[..], tombstone("a")); MAX_GC_ITEMS + 1];
+        let m = refused(peer.handle("a", push(many)).await);
+        assert!(m.contains("over the limit"), "{m}");
+        // A good push: merged, and the held version answered.
+        let t = tombstone("a");
+        let held = match peer.handle("a", push(vec![(b"k1", t.clone())])).await {
+            Ok(Resp::GcPush(r)) => r.held,
+            other => panic!("{other:?}"),
+        };
+        let version = TombstoneVersion::of(b"k1", &t).unwrap();
+        assert_eq!(
+            held,
+            vec![GcHeld {
+                has_version: true,
+                version: version.0
+            }]
+        );
+        // A purge with another version deletes nothing; with the held one it does.
+        let purge = |v: u64| {
+            Req::GcPurge(GcPurgeRequest {
+                items: vec![distkv_proto::v1::GcPurgeItem {
+                    key: b"k1".to_vec().into(),
+                    version: v,
+                }],
+            })
+        };
+        match peer.handle("a", purge(version.0 ^ 1)).await {
+            Ok(Resp::GcPurge(r)) => assert_eq!(r.purged, vec![false]),
+            other => panic!("{other:?}"),
+        }
+        assert!(peer.store.get(b"k1").unwrap().is_some());
+        match peer.handle("a", purge(version.0)).await {
+            Ok(Resp::GcPurge(r)) => assert_eq!(r.purged, vec![true]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(peer.store.get(b"k1").unwrap(), None);
+        let bad = Req::GcPurge(GcPurgeRequest {
+            items: vec![distkv_proto::v1::GcPurgeItem {
+                key: Vec::new().into(),
+                version: 1,
+            }],
+        });
+        let m = refused(peer.handle("a", bad).await);
+        assert!(m.contains("item 0") && m.contains("key is empty"), "{m}");
     }
 }

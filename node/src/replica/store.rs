@@ -112,27 +112,59 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
     where
         S: 'static,
     {
+        let deleted = self
+            .delete_each_if(vec![(key.to_vec(), still_current)])
+            .await?;
+        Ok(deleted.first().copied().unwrap_or(false))
+    }
+
+    /// [`ReplicaStore::delete_if`] for several keys at once: one turn of the writer
+    /// thread, one engine write for every key whose predicate holds. Answers, per key
+    /// in order, whether it was deleted.
+    pub async fn delete_each_if<F>(&self, items: Vec<(Vec<u8>, F)>) -> Result<Vec<bool>, NodeError>
+    where
+        S: 'static,
+        F: FnOnce(Option<&Record>) -> bool + Send + 'static,
+    {
         let engine = self.engine.clone();
         let observer = self.observer.clone();
-        let token = self.token_of(key);
-        let stored = keys::encode(token, key);
-        let key = key.to_vec();
+        let items: Vec<(u64, Vec<u8>, F)> = items
+            .into_iter()
+            .map(|(key, f)| (self.token_of(&key), key, f))
+            .collect();
         self.writer
-            .exclusive(move || -> Result<bool, NodeError> {
-                let old = match engine.get(&stored)? {
-                    Some(bytes) => Some(decode_stored(&key, &bytes)?),
-                    None => None,
-                };
-                if old.is_none() || !still_current(old.as_ref()) {
-                    return Ok(false);
-                }
+            .exclusive(move || -> Result<Vec<bool>, NodeError> {
                 let mut batch = distkv_engine::WriteBatch::new();
-                batch.delete(stored);
+                let mut deleted = Vec::with_capacity(items.len());
+                let mut told = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for (token, key, still_current) in items {
+                    let stored = keys::encode(token, &key);
+                    let old = match engine.get(&stored)? {
+                        Some(bytes) => Some(decode_stored(&key, &bytes)?),
+                        None => None,
+                    };
+                    // The same key twice in one call: the second finds it gone.
+                    if !seen.insert(key.clone()) || old.is_none() || !still_current(old.as_ref()) {
+                        deleted.push(false);
+                        continue;
+                    }
+                    batch.delete(stored);
+                    deleted.push(true);
+                    if let Some(old) = old {
+                        told.push((token, key, old));
+                    }
+                }
+                if batch.is_empty() {
+                    return Ok(deleted);
+                }
                 engine.write(batch)?;
                 if let Some(o) = &observer {
-                    o.merged(&key, token, old.as_ref(), None);
+                    for (token, key, old) in &told {
+                        o.merged(key, *token, Some(old), None);
+                    }
                 }
-                Ok(true)
+                Ok(deleted)
             })
             .await?
     }

@@ -71,6 +71,11 @@ pub fn settings(config: &Config) -> NodeSettings {
             interval: config.antientropy.interval,
             max_bytes_per_sec: config.antientropy.max_bytes_per_sec,
         },
+        gc: crate::antientropy::GcSettings {
+            enabled: config.gc.enabled,
+            grace: config.gc.grace,
+            interval: config.gc.interval,
+        },
         ..NodeSettings::default()
     }
 }
@@ -513,6 +518,7 @@ where
             engine_name,
             config.replication.virtual_nodes,
         )
+        .with_gc(parts.gc.clone())
         .with_operations(parts.operator.clone()),
     )
     .max_decoding_message_size(message_limit.max(64 << 20))
