@@ -1,4 +1,4 @@
-//! Operator commands a node runs on itself (decommission, repair), asked through its own
+//! Operator commands a node runs on itself (decommission, repair, cleanup), asked through its own
 //! client API or through another node's: `--node ID` makes the node asked forward the
 //! command to node ID over the peer transport (so the peer port's TLS and trust
 //! boundary cover it). The forwarded command names no node, so it never travels further.
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use distkv_network::{MemberState, Membership, NodeInfo, PeerError, Transport, TransportExt};
 use distkv_proto::v1::{
-    operator_request, operator_response, DecommissionRequest, DecommissionResponse,
-    OperatorRequest, OperatorResponse, RepairRequest, RepairResponse,
+    operator_request, operator_response, CleanupRequest, CleanupResponse, DecommissionRequest,
+    DecommissionResponse, OperatorRequest, OperatorResponse, RepairRequest, RepairResponse,
 };
 use futures::future::BoxFuture;
 use tonic::Status;
@@ -31,6 +31,8 @@ pub trait Operations: Send + Sync + 'static {
     /// Runs an anti-entropy pass on node `node` (empty: this one); with `wait`, answers
     /// once it is done, with its numbers.
     fn repair(&self, node: String, wait: bool) -> BoxFuture<'_, Result<RepairResponse, Status>>;
+    /// Drops the ranges node `node` (empty: this one) no longer replicates.
+    fn cleanup(&self, node: String) -> BoxFuture<'_, Result<CleanupResponse, Status>>;
     /// This node's anti-entropy numbers per range, from the last pass.
     fn range_stats(&self) -> Vec<(TokenRange, RangeStats)>;
     /// This node's join or decommission stream.
@@ -141,6 +143,18 @@ impl<M: Membership, T: Transport> Operator<M, T> {
         })
     }
 
+    async fn cleanup_here(&self) -> Result<CleanupResponse, Status> {
+        let stats = self.rebalance.cleanup().await.map_err(|e| {
+            Status::failed_precondition(format!("cannot clean up node {}: {e}", self.local.id))
+        })?;
+        Ok(CleanupResponse {
+            layout_version: stats.layout_version,
+            ranges: stats.ranges as u64,
+            records: stats.records,
+            bytes: stats.bytes,
+        })
+    }
+
     async fn repair_here(&self, wait: bool) -> RepairResponse {
         if wait {
             return repair_response(self.repair.pass().await, true);
@@ -161,6 +175,9 @@ impl<M: Membership, T: Transport> Operator<M, T> {
             }
             Some(operator_request::Command::Repair(r)) => {
                 operator_response::Answer::Repair(self.repair_here(r.wait).await)
+            }
+            Some(operator_request::Command::Cleanup(_)) => {
+                operator_response::Answer::Cleanup(self.cleanup_here().await?)
             }
             None => return Err(Status::invalid_argument("the command is empty")),
         };
@@ -202,6 +219,21 @@ impl<M: Membership, T: Transport> Operations for Operator<M, T> {
         })
     }
 
+    fn cleanup(&self, node: String) -> BoxFuture<'_, Result<CleanupResponse, Status>> {
+        Box::pin(async move {
+            let Some(target) = self.target(&node)? else {
+                return self.cleanup_here().await;
+            };
+            let command = operator_request::Command::Cleanup(CleanupRequest {
+                node_id: String::new(),
+            });
+            match self.forward(&target, command).await? {
+                operator_response::Answer::Cleanup(r) => Ok(r),
+                other => Err(unexpected(&target, &other)),
+            }
+        })
+    }
+
     fn range_stats(&self) -> Vec<(TokenRange, RangeStats)> {
         self.repair.range_stats()
     }
@@ -215,6 +247,7 @@ fn unexpected(target: &NodeInfo, answer: &operator_response::Answer) -> Status {
     let what = match answer {
         operator_response::Answer::Decommission(_) => "a decommission",
         operator_response::Answer::Repair(_) => "a repair",
+        operator_response::Answer::Cleanup(_) => "a cleanup",
     };
     Status::internal(format!(
         "node {} answered with {what} answer to another command",

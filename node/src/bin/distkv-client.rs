@@ -12,8 +12,8 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use distkv_proto::v1::key_value_client::KeyValueClient;
 use distkv_proto::v1::{
-    BatchPutRequest, Consistency, DecommissionRequest, DeleteRequest, GetRequest, KeyValuePair,
-    PutRequest, RemoveNodeRequest, RepairRequest, StatusRequest,
+    BatchPutRequest, CleanupRequest, Consistency, DecommissionRequest, DeleteRequest, GetRequest,
+    KeyValuePair, PutRequest, RemoveNodeRequest, RepairRequest, StatusRequest,
 };
 use tonic::transport::Channel;
 
@@ -146,6 +146,15 @@ enum Command {
     Decommission {
         /// The node to decommission, by id; the node asked forwards the command to it
         /// over the peer transport. Default: the node asked.
+        #[arg(long, value_name = "ID")]
+        node: Option<String>,
+    },
+    /// Drop the records of the ranges a node no longer replicates (after a join moved
+    /// them to the new node). Refused while a join or decommission is in flight or while
+    /// a member does not answer holding the same layout.
+    Cleanup {
+        /// The node to clean up, by id; the node asked forwards the command to it over
+        /// the peer transport. Default: the node asked.
         #[arg(long, value_name = "ID")]
         node: Option<String>,
     },
@@ -541,6 +550,29 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 println!(
                     "decommissioned: {} ranges, {} records, {} bytes pushed to their new owners; left in layout version {}; the node stops",
                     r.ranges, r.records, r.bytes, r.layout_version
+                );
+            }
+            Ok(0)
+        }
+        Command::Cleanup { node } => {
+            let r = client
+                .cleanup(CleanupRequest {
+                    node_id: node.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if args.json {
+                let doc = serde_json::json!({
+                    "layout_version": r.layout_version,
+                    "ranges": r.ranges,
+                    "records": r.records,
+                    "bytes": r.bytes,
+                });
+                println!("{doc}");
+            } else {
+                println!(
+                    "cleaned up: {} ranges this node no longer replicates in layout version {}, {} records, {} bytes dropped",
+                    r.ranges, r.layout_version, r.records, r.bytes
                 );
             }
             Ok(0)

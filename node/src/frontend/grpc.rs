@@ -7,10 +7,11 @@ use distkv_engine::StorageEngine;
 use distkv_network::{plan_removal, Liveness, Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
-    BatchPutRequest, BatchPutResponse, Consistency as WireConsistency, DecommissionRequest,
-    DecommissionResponse, DeleteRequest, DeleteResponse, GcStatus, GetRequest, GetResponse, Member,
-    PutRequest, PutResponse, RangeRepair, RemoveNodeRequest, RemoveNodeResponse, RepairRequest,
-    RepairResponse, RequestTotals, Stat, StatusRequest, StatusResponse, StreamProgress,
+    BatchPutRequest, BatchPutResponse, CleanupRequest, CleanupResponse,
+    Consistency as WireConsistency, DecommissionRequest, DecommissionResponse, DeleteRequest,
+    DeleteResponse, GcStatus, GetRequest, GetResponse, Member, PutRequest, PutResponse,
+    RangeRepair, RemoveNodeRequest, RemoveNodeResponse, RepairRequest, RepairResponse,
+    RequestTotals, Stat, StatusRequest, StatusResponse, StreamProgress,
 };
 use tonic::{Request, Response, Status};
 
@@ -204,6 +205,19 @@ where
         };
         let node = request.into_inner().node_id;
         operations.decommission(node).await.map(Response::new)
+    }
+
+    async fn cleanup(
+        &self,
+        request: Request<CleanupRequest>,
+    ) -> Result<Response<CleanupResponse>, Status> {
+        let Some(operations) = self.operations.clone() else {
+            return Err(Status::unimplemented(
+                "this node runs no operator commands, so it cannot clean up",
+            ));
+        };
+        let node = request.into_inner().node_id;
+        operations.cleanup(node).await.map(Response::new)
     }
 
     async fn repair(

@@ -38,6 +38,7 @@ use distkv_network::{
     decode_layout, plan_leave, plan_leave_done, range_checksum, Layout, MemberState, Membership,
     NodeInfo, PeerError, Transport, TransportExt, DEFAULT_MAX_NODES,
 };
+pub mod cleanup;
 mod progress;
 
 use distkv_proto::v1::{
@@ -49,6 +50,7 @@ pub use progress::{ProgressSummary, StreamKind, StreamProgress, PROGRESS_FILE};
 use crate::coordinator::now_micros;
 use crate::placement::{Partitioner, Placement, TokenRange};
 use crate::replica::{checks, Origin, PeerLimits, ReplicaStore};
+use crate::version::Record;
 
 /// Entries asked per range-pull page.
 const PAGE_ENTRIES: u32 = 1024;
@@ -72,6 +74,27 @@ pub struct StreamStats {
     /// Records merged.
     pub records: u64,
     /// Bytes of keys and records received.
+    pub bytes: u64,
+}
+
+/// The delete condition of a cleanup: whatever the record is now, it goes (the range
+/// is not this node's).
+type DropAlways = fn(Option<&Record>) -> bool;
+
+fn drop_always(_: Option<&Record>) -> bool {
+    true
+}
+
+/// What a cleanup dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupStats {
+    /// The layout version it followed.
+    pub layout_version: u64,
+    /// Ranges dropped.
+    pub ranges: usize,
+    /// Records deleted.
+    pub records: u64,
+    /// Bytes of keys and records deleted.
     pub bytes: u64,
 }
 
@@ -218,24 +241,31 @@ where
             .map_err(|e| format!("the answered layout is refused: {e}"))
     }
 
+    /// The normal members that do not answer holding layout `version` or newer (this
+    /// node included when it is one: it answers its own call).
+    async fn members_behind(&self, version: u64) -> Vec<String> {
+        let layout = self.membership.layout();
+        let mut behind = Vec::new();
+        for member in layout.nodes_in(&[MemberState::Normal]) {
+            let theirs = self
+                .transport
+                .call(&member, LayoutPullRequest {}, self.timeout)
+                .await
+                .ok()
+                .and_then(|r| r.layout)
+                .map_or(0, |l| l.version);
+            if theirs < version {
+                behind.push(member.id);
+            }
+        }
+        behind
+    }
+
     /// Waits (bounded) until every other normal member holds layout `version`.
     async fn barrier(&self, version: u64) {
         let deadline = Instant::now() + BARRIER_WAIT;
         loop {
-            let layout = self.membership.layout();
-            let mut behind = Vec::new();
-            for member in layout.nodes_in(&[MemberState::Normal]) {
-                let theirs = self
-                    .transport
-                    .call(&member, LayoutPullRequest {}, self.timeout)
-                    .await
-                    .ok()
-                    .and_then(|r| r.layout)
-                    .map_or(0, |l| l.version);
-                if theirs < version {
-                    behind.push(member.id);
-                }
-            }
+            let behind = self.members_behind(version).await;
             if behind.is_empty() {
                 return;
             }
@@ -251,6 +281,84 @@ where
             }
             tokio::time::sleep(RETRY_PAUSE / 2).await;
         }
+    }
+
+    /// Drops the records of every range this node no longer replicates (see
+    /// [`cleanup::plan_cleanup`]): refused while a change is in flight or while any
+    /// normal member does not answer holding this node's layout; then, one request
+    /// timeout later (writes that a coordinator with an older layout started have
+    /// ended), deletes page by page, stopping if the layout changes meanwhile.
+    pub async fn cleanup(&self) -> Result<CleanupStats, String> {
+        let version = self.membership.layout().version();
+        self.placement_of(version).await?;
+        let snapshot = self.placement.current();
+        let ranges = cleanup::plan_cleanup(&*snapshot, &self.local.id, self.replicas)?;
+        let behind = self.members_behind(version).await;
+        if !behind.is_empty() {
+            return Err(format!(
+                "members {behind:?} do not answer holding layout version {version}: a \
+                 coordinator with an older layout may still write here; run cleanup once every \
+                 member is up and holds it"
+            ));
+        }
+        tokio::time::sleep(self.timeout).await;
+        let mut stats = CleanupStats {
+            layout_version: version,
+            ..CleanupStats::default()
+        };
+        for range in ranges {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                if self.membership.layout().version() != version {
+                    return Err(format!(
+                        "the layout changed during the cleanup (it was version {version}); run \
+                         it again once the change is done ({} records dropped so far)",
+                        stats.records
+                    ));
+                }
+                let page = self
+                    .store
+                    .scan_range(
+                        range,
+                        after.as_deref(),
+                        PAGE_ENTRIES as usize,
+                        PAGE_BYTES as usize,
+                    )
+                    .map_err(|e| format!("reading range {range}: {e}"))?;
+                let bytes: u64 = page
+                    .entries
+                    .iter()
+                    .map(|(k, r)| (k.len() + r.len()) as u64)
+                    .sum();
+                let keys: Vec<(Vec<u8>, DropAlways)> = page
+                    .entries
+                    .into_iter()
+                    .map(|(k, _)| (k, drop_always as DropAlways))
+                    .collect();
+                if !keys.is_empty() {
+                    let deleted = self
+                        .store
+                        .delete_each_if(keys)
+                        .await
+                        .map_err(|e| format!("dropping range {range}: {e}"))?;
+                    stats.records += deleted.iter().filter(|d| **d).count() as u64;
+                    stats.bytes += bytes;
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            stats.ranges += 1;
+        }
+        tracing::info!(
+            ranges = stats.ranges,
+            records = stats.records,
+            bytes = stats.bytes,
+            version,
+            "cleanup: dropped the records of ranges this node no longer replicates"
+        );
+        Ok(stats)
     }
 
     /// Waits (bounded) until the placement updater installed layout `version`.
@@ -641,6 +749,8 @@ pub trait Decommission: Send + Sync + 'static {
     fn leave(&self) -> futures::future::BoxFuture<'_, Result<StreamStats, String>>;
     /// The stream in flight or the last one ([`Joiner::progress`]).
     fn progress(&self) -> Option<ProgressSummary>;
+    /// Drops the ranges this node no longer replicates ([`Joiner::cleanup`]).
+    fn cleanup(&self) -> futures::future::BoxFuture<'_, Result<CleanupStats, String>>;
 }
 
 impl<S, M, P, T> Decommission for Joiner<S, M, P, T>
@@ -656,5 +766,9 @@ where
 
     fn progress(&self) -> Option<ProgressSummary> {
         Joiner::progress(self)
+    }
+
+    fn cleanup(&self) -> futures::future::BoxFuture<'_, Result<CleanupStats, String>> {
+        Box::pin(Joiner::cleanup(self))
     }
 }
