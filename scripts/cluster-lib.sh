@@ -2,11 +2,12 @@
 # distkv-server processes on 127.0.0.1:${BASE_PORT}1.. (N=NODES, R=W=majority), with
 # their data and logs under $OUT; stops them all on exit. Sets BIN, PIDS and TARGETS.
 #   start_cluster NODES BASE_PORT      e.g. start_cluster 3 710 -> ports 7101..7103
-# Extra server flags: $SERVER_ARGS; extra distkv-client flags (TLS): $CLIENT_ARGS. BIN=DIR runs the binaries in DIR instead of building
+# NODE_WORKERS=K starts each node with K Tokio worker threads (TOKIO_WORKER_THREADS; the
+# default is one per core). Extra server flags: $SERVER_ARGS; extra distkv-client flags (TLS): $CLIENT_ARGS. BIN=DIR runs the binaries in DIR instead of building
 # this checkout's (for A/B runs against another build).
 if [ -z "${BIN:-}" ]; then
     cargo build --release -q -p distkv-node --bins -p distkv-benches --bin distkv-bench
-    BIN=target/release
+    BIN=${CARGO_TARGET_DIR:-target}/release
 fi
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -22,7 +23,7 @@ start_cluster() {
     done
     local q=$(( nodes / 2 + 1 ))
     for i in $(seq 1 "$nodes"); do
-        "$BIN/distkv-server" --node-id "n$i" --address "127.0.0.1:$base$i" --data-dir "$OUT/n$i" \
+        env ${NODE_WORKERS:+TOKIO_WORKER_THREADS=$NODE_WORKERS} "$BIN/distkv-server" --node-id "n$i" --address "127.0.0.1:$base$i" --data-dir "$OUT/n$i" \
             --seed-nodes "$seeds" --replicas "$nodes" --read-quorum "$q" --write-quorum "$q" \
             ${SERVER_ARGS:-} > "$OUT/n$i.log" 2>&1 &
         PIDS+=($!)

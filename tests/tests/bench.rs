@@ -215,3 +215,105 @@ fn three_node_cluster_spreads_clients_over_every_target() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// Established TCP connections to `port` on this machine, counted at their client end
+/// (from `/proc/net/tcp`; by client address, as a table read while it changes may list
+/// a socket twice).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let remote = format!(":{port:04X}");
+    let clients: std::collections::HashSet<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let established = fields.len() > 3 && fields[2].ends_with(&remote) && fields[3] == "01";
+            established.then_some(fields[1])
+        })
+        .collect();
+    clients.len()
+}
+
+/// Runs `distkv-bench ARGS...` while counting the connections to `port`; returns its
+/// output and the most connections seen at once.
+fn bench_counting_connections(args: &[&str], port: u16) -> (Output, usize) {
+    let mut child = Command::new(binary("distkv-bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start distkv-bench");
+    let mut most = 0;
+    while child.try_wait().expect("poll distkv-bench").is_none() {
+        most = most.max(connections_to(port));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child.wait_with_output().expect("distkv-bench output"), most)
+}
+
+#[test]
+fn connection_per_client_opens_one_connection_for_each_client() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&dir.path().join("n1"), &[])?;
+    let port: u16 = server.addr.rsplit_once(':').expect("HOST:PORT").1.parse()?;
+    let report_path = dir.path().join("report.json");
+    let report_arg = report_path.to_str().expect("utf-8 temp path");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--targets",
+            &server.addr,
+            "--duration",
+            "2s",
+            "--workload",
+            "insert",
+            "--clients",
+            "6",
+            "--output",
+            "json",
+            report_arg,
+        ];
+        args.extend_from_slice(extra);
+        bench_counting_connections(&args, port)
+    };
+
+    let (o, most) = run(&["--connection-per-client"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("6 connection(s) to it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        most, 6,
+        "the node saw {most} connections at most, not one per client"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
+    assert_eq!(report["errors_total"], 0, "{report}");
+    assert!(check_op(&report, "insert") > 0);
+    assert_eq!(
+        report["settings"]["connection_per_client"], true,
+        "{report}"
+    );
+    assert_eq!(
+        report["settings"]["connections_per_target"],
+        serde_json::json!([6]),
+        "{report}"
+    );
+
+    // The default: the six clients share one connection.
+    let (o, most) = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 connection(s) to it"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(most, 1, "the node saw {most} connections at most");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path)?)?;
+    assert_eq!(
+        report["settings"]["connection_per_client"], false,
+        "{report}"
+    );
+    Ok(())
+}

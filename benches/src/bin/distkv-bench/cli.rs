@@ -43,6 +43,11 @@ pub struct Args {
     /// gRPC channels (HTTP/2 connections) per target, shared by the clients.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// Give every client its own gRPC channel (HTTP/2 connection), as separate
+    /// application instances would have, instead of sharing --connections channels per
+    /// target: --clients connections in all, spread round-robin over the targets.
+    #[arg(long, conflicts_with = "connections")]
+    pub connection_per_client: bool,
     /// Talk TLS to the targets.
     #[arg(long)]
     pub tls_enabled: bool,
@@ -101,6 +106,19 @@ pub struct Args {
     /// Also write the report to FILE as json or csv.
     #[arg(long, num_args = 2, value_names = ["FORMAT", "FILE"])]
     pub output: Option<Vec<String>>,
+}
+
+impl Args {
+    /// Channels opened to the `index`-th of `targets` targets: `--connections`, or with
+    /// `--connection-per-client` one for each client the round-robin sends there (at
+    /// least one, so that every target is checked at the start).
+    pub fn channels_for_target(&self, index: usize, targets: usize) -> usize {
+        if self.connection_per_client {
+            self.clients.saturating_sub(index).div_ceil(targets).max(1)
+        } else {
+            self.connections
+        }
+    }
 }
 
 /// Consistency level of the requests.
@@ -409,6 +427,49 @@ mod tests {
             .expect_err("bad workload");
         let line = one_line_usage_error(&e.render().to_string());
         assert!(!line.contains('\n') && line.contains("'z'"), "{line}");
+    }
+
+    #[test]
+    fn connection_per_client_gives_each_client_of_a_target_its_own_channel() {
+        let a = args(&["--targets", "127.0.0.1:1", "--ops", "5", "--clients", "64"]);
+        assert_eq!(a.channels_for_target(0, 3), 1, "shared by default");
+        let a = args(&[
+            "--targets",
+            "127.0.0.1:1",
+            "--ops",
+            "5",
+            "--clients",
+            "64",
+            "--connection-per-client",
+        ]);
+        // Clients 0, 3, 6, ... go to target 0: 22 of them; 21 to each of the others.
+        let per_target: Vec<usize> = (0..3).map(|i| a.channels_for_target(i, 3)).collect();
+        assert_eq!(per_target, [22, 21, 21]);
+        assert_eq!(a.channels_for_target(0, 1), 64);
+        // Fewer clients than targets: every target still gets one (checked at the start).
+        let a = args(&[
+            "--targets",
+            "127.0.0.1:1",
+            "--ops",
+            "5",
+            "--clients",
+            "2",
+            "--connection-per-client",
+        ]);
+        let per_target: Vec<usize> = (0..3).map(|i| a.channels_for_target(i, 3)).collect();
+        assert_eq!(per_target, [1, 1, 1]);
+        // It replaces --connections: both at once are refused.
+        let both = Args::try_parse_from([
+            "distkv-bench",
+            "--targets",
+            "127.0.0.1:1",
+            "--ops",
+            "5",
+            "--connections",
+            "2",
+            "--connection-per-client",
+        ]);
+        assert!(both.is_err());
     }
 
     #[test]

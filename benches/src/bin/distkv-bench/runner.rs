@@ -35,15 +35,17 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// Opens `connections` channels to each target and checks that each answers `Status`.
+/// Opens the channels of each target (`--connections`, or one per client with
+/// `--connection-per-client`) and checks that each target answers `Status`.
 pub async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Channel>>>, Failure> {
     let args = &config.args;
     let mut all = Vec::with_capacity(config.targets.len());
     if config.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
         eprintln!("distkv-bench: warning: --tls-insecure-skip-verify: the nodes' certificates are not checked");
     }
-    for target in &config.targets {
-        let mut channels = Vec::with_capacity(args.connections);
+    for (index, target) in config.targets.iter().enumerate() {
+        let count = args.channels_for_target(index, config.targets.len());
+        let mut channels = Vec::with_capacity(count);
         // Certificates are checked against the target's host unless --tls-server-name.
         let tls = match &config.tls {
             None => None,
@@ -64,7 +66,7 @@ pub async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Chann
         };
         // The first connection finds an address that answers; the others reuse it.
         let mut candidates = target.addrs.clone();
-        for _ in 0..args.connections {
+        for _ in 0..count {
             let mut last_error = String::from("no address");
             let mut connected = None;
             for (i, addr) in candidates.iter().enumerate() {
@@ -109,14 +111,15 @@ pub async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Chann
                 ))
             })?;
         eprintln!(
-            "distkv-bench: target {} is node {:?} (N={} R={} W={}, {} members, engine {})",
+            "distkv-bench: target {} is node {:?} (N={} R={} W={}, {} members, engine {}), {} connection(s) to it",
             target.name,
             status.node_id,
             status.replicas,
             status.read_quorum,
             status.write_quorum,
             status.members.len(),
-            status.storage_engine
+            status.storage_engine,
+            channels.len()
         );
         all.push(channels);
     }
@@ -493,7 +496,8 @@ pub async fn run(config: Config) -> Result<Report, Failure> {
     let settings = json!({
         "targets": config.targets.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
         "clients": args.clients,
-        "connections_per_target": args.connections,
+        "connection_per_client": args.connection_per_client,
+        "connections_per_target": channels.iter().map(Vec::len).collect::<Vec<_>>(),
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "keys": args.keys,
         "distribution": format!("{:?}", args.distribution).to_lowercase(),
