@@ -274,11 +274,11 @@ fn held_locally(cluster: &Cluster, id: &str, keys: &[u64]) -> usize {
         .count()
 }
 
-/// Three normal members n0..n2 (and their first `preload` keys written at ALL).
-async fn three_nodes(preload: u64) -> Arc<Cluster> {
+/// Normal members `ids` (n0 first) and their first `preload` keys written at ALL.
+async fn members(ids: &[&str], preload: u64) -> Arc<Cluster> {
     let cluster = Arc::new(Cluster::new());
-    let layout = first_layout(&["n0", "n1", "n2"]);
-    for id in ["n0", "n1", "n2"] {
+    let layout = first_layout(ids);
+    for id in ids {
         cluster.start(
             id,
             layout.clone(),
@@ -299,6 +299,11 @@ async fn three_nodes(preload: u64) -> Arc<Cluster> {
         .expect("preload write");
     }
     cluster
+}
+
+/// Three normal members n0..n2 (and their first `preload` keys written at ALL).
+async fn three_nodes(preload: u64) -> Arc<Cluster> {
+    members(&["n0", "n1", "n2"], preload).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,28 +491,7 @@ async fn a_joiner_restarted_mid_stream_resumes_where_it_stood() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readable() {
     const PRELOAD: u64 = 1_500;
-    let cluster = Arc::new(Cluster::new());
-    let layout = first_layout(&["n0", "n1", "n2", "n3"]);
-    for id in ["n0", "n1", "n2", "n3"] {
-        cluster.start(
-            id,
-            layout.clone(),
-            &["n0"],
-            Arc::new(MemoryEngine::ephemeral()),
-            settings(None, 0),
-        );
-    }
-    let n0 = cluster.node("n0").parts.node.clone();
-    for i in 0..PRELOAD {
-        n0.put(
-            key(i),
-            Some(format!("v{i}").into_bytes()),
-            b"",
-            Consistency::All,
-        )
-        .await
-        .expect("preload write");
-    }
+    let cluster = members(&["n0", "n1", "n2", "n3"], PRELOAD).await;
     cluster.net.set_drop_every("n1", 40);
     let stop = Arc::new(AtomicBool::new(false));
     let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
@@ -569,28 +553,7 @@ async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readab
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_replicates_it() {
     const PRELOAD: u64 = 1_500;
-    let cluster = Arc::new(Cluster::new());
-    let layout = first_layout(&["n0", "n1", "n2", "n3"]);
-    for id in ["n0", "n1", "n2", "n3"] {
-        cluster.start(
-            id,
-            layout.clone(),
-            &["n0"],
-            Arc::new(MemoryEngine::ephemeral()),
-            settings(None, 0),
-        );
-    }
-    let n0 = cluster.node("n0").parts.node.clone();
-    for i in 0..PRELOAD {
-        n0.put(
-            key(i),
-            Some(format!("v{i}").into_bytes()),
-            b"",
-            Consistency::All,
-        )
-        .await
-        .expect("preload write");
-    }
+    let cluster = members(&["n0", "n1", "n2", "n3"], PRELOAD).await;
     // A live node is not removed.
     let current = cluster.node("n0").parts.membership.layout();
     let err = plan_removal(&current, "n3", false).unwrap_err();

@@ -538,20 +538,13 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                let doc = serde_json::json!({
-                    "layout_version": r.layout_version,
-                    "ranges": r.ranges,
-                    "records": r.records,
-                    "bytes": r.bytes,
-                });
-                println!("{doc}");
-            } else {
-                println!(
-                    "decommissioned: {} ranges, {} records, {} bytes pushed to their new owners; left in layout version {}; the node stops",
-                    r.ranges, r.records, r.bytes, r.layout_version
-                );
-            }
+            print_moved(
+                args.json,
+                (r.layout_version, r.ranges, r.records, r.bytes),
+                |(v, ranges, records, bytes)| {
+                    format!("decommissioned: {ranges} ranges, {records} records, {bytes} bytes pushed to their new owners; left in layout version {v}; the node stops")
+                },
+            );
             Ok(0)
         }
         Command::Cleanup { node } => {
@@ -561,20 +554,13 @@ async fn run(args: Args) -> Result<u8, Failure> {
                 })
                 .await?
                 .into_inner();
-            if args.json {
-                let doc = serde_json::json!({
-                    "layout_version": r.layout_version,
-                    "ranges": r.ranges,
-                    "records": r.records,
-                    "bytes": r.bytes,
-                });
-                println!("{doc}");
-            } else {
-                println!(
-                    "cleaned up: {} ranges this node no longer replicates in layout version {}, {} records, {} bytes dropped",
-                    r.ranges, r.layout_version, r.records, r.bytes
-                );
-            }
+            print_moved(
+                args.json,
+                (r.layout_version, r.ranges, r.records, r.bytes),
+                |(v, ranges, records, bytes)| {
+                    format!("cleaned up: {ranges} ranges this node no longer replicates in layout version {v}, {records} records, {bytes} bytes dropped")
+                },
+            );
             Ok(0)
         }
         Command::Repair { wait, node } => {
@@ -747,6 +733,27 @@ async fn run(args: Args) -> Result<u8, Failure> {
             out(text.as_bytes())?;
             Ok(0)
         }
+    }
+}
+
+/// Prints the answer of a command that moved or dropped ranges: (layout version, ranges,
+/// records, bytes), as JSON or as the line `text` makes.
+fn print_moved(
+    json: bool,
+    moved: (u64, u64, u64, u64),
+    text: impl Fn((u64, u64, u64, u64)) -> String,
+) {
+    if json {
+        let (layout_version, ranges, records, bytes) = moved;
+        let doc = serde_json::json!({
+            "layout_version": layout_version,
+            "ranges": ranges,
+            "records": records,
+            "bytes": bytes,
+        });
+        println!("{doc}");
+    } else {
+        println!("{}", text(moved));
     }
 }
 

@@ -316,15 +316,7 @@ where
                         stats.records
                     ));
                 }
-                let page = self
-                    .store
-                    .scan_range(
-                        range,
-                        after.as_deref(),
-                        PAGE_ENTRIES as usize,
-                        PAGE_BYTES as usize,
-                    )
-                    .map_err(|e| format!("reading range {range}: {e}"))?;
+                let page = self.local_page(range, after.as_deref())?;
                 let bytes: u64 = page
                     .entries
                     .iter()
@@ -592,6 +584,17 @@ where
         }
     }
 
+    /// One page of the records of `range` this node holds, after key `after`.
+    fn local_page(
+        &self,
+        range: TokenRange,
+        after: Option<&[u8]>,
+    ) -> Result<crate::replica::RangePage, String> {
+        self.store
+            .scan_range(range, after, PAGE_ENTRIES as usize, PAGE_BYTES as usize)
+            .map_err(|e| format!("reading range {range}: {e}"))
+    }
+
     /// Sends one page of the records of `range` this node holds, after key `after`, to
     /// `target` as repairs.
     async fn push_page(
@@ -600,15 +603,7 @@ where
         range: TokenRange,
         after: Option<Vec<u8>>,
     ) -> Result<Page, String> {
-        let page = self
-            .store
-            .scan_range(
-                range,
-                after.as_deref(),
-                PAGE_ENTRIES as usize,
-                PAGE_BYTES as usize,
-            )
-            .map_err(|e| format!("reading range {range}: {e}"))?;
+        let page = self.local_page(range, after.as_deref())?;
         let entries: Vec<MergeEntry> = page
             .entries
             .into_iter()
