@@ -104,19 +104,24 @@ fn readiness_fails_with_a_reason_when_too_few_members_are_alive() {
     }
     let out = nodes[0].client(&["put", "k", "v"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let (_, metrics) = http_get(&nodes[0].admin, "/metrics").unwrap();
+    // The put is answered once W = 2 replicas hold it; the call to the third may still be
+    // in flight, so its numbers may come a moment later (bounded wait).
+    let merged_by_n1 = r#"distkv_peer_calls_total{peer="n1",call="merge",outcome="ok"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (_, metrics) = http_get(&nodes[0].admin, "/metrics").unwrap();
+        if sample(&metrics, merged_by_n1).is_some() || Instant::now() >= deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(
         sample(&metrics, r#"distkv_peer_liveness{peer="n1",state="alive"}"#),
         Some(1.0),
         "{metrics}"
     );
     assert!(
-        sample(
-            &metrics,
-            r#"distkv_peer_calls_total{peer="n1",call="merge",outcome="ok"}"#
-        )
-        .unwrap()
-            >= 1.0,
+        sample(&metrics, merged_by_n1).is_some_and(|n| n >= 1.0),
         "{metrics}"
     );
     assert!(metrics.contains(r#"distkv_peer_call_duration_seconds_bucket{peer="n1",call="merge""#));
