@@ -189,6 +189,7 @@ fn write_load(
     from: u64,
     max: u64,
     stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<Vec<u64>> {
     let cluster = cluster.clone();
     tokio::spawn(async move {
@@ -205,6 +206,7 @@ fn write_load(
                 .is_ok()
             {
                 acked.push(i);
+                count.fetch_add(1, Ordering::SeqCst);
             }
             if i.is_multiple_of(16) {
                 tokio::task::yield_now().await;
@@ -242,6 +244,59 @@ fn read_load(
         }
         (answered, missing)
     })
+}
+
+/// Writes through n0 and QUORUM reads of the first `preload` keys through n2, running
+/// until [`Load::finish`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    writes: tokio::task::JoinHandle<Vec<u64>>,
+    reads: tokio::task::JoinHandle<(u64, Vec<u64>)>,
+}
+
+impl Load {
+    fn start(cluster: &Arc<Cluster>, preload: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        Load {
+            writes: write_load(cluster, "n0", preload, 20_000, stop.clone(), count.clone()),
+            reads: read_load(cluster, "n2", preload, stop.clone()),
+            stop,
+            count,
+        }
+    }
+
+    /// Waits (bounded) until `n` more writes are acknowledged.
+    async fn more_writes(&self, n: u64) {
+        let target = self.count.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.count.load(Ordering::SeqCst) < target {
+            assert!(Instant::now() < deadline, "the write load stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops both; checks that each did enough and that no QUORUM read of an earlier key
+    /// said "not found" during `what`; returns the acknowledged keys and reads answered.
+    async fn finish(self, what: &str) -> (Vec<u64>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let acked = self.writes.await.expect("writer");
+        let (answered, not_found) = self.reads.await.expect("reader");
+        assert!(
+            acked.len() > 100,
+            "the load wrote too little: {}",
+            acked.len()
+        );
+        assert!(answered > 100, "the reader answered too little: {answered}");
+        assert!(
+            not_found.is_empty(),
+            "{} QUORUM reads of earlier keys said not found during the {what}: {:?}",
+            not_found.len(),
+            &not_found[..not_found.len().min(10)]
+        );
+        (acked, answered)
+    }
 }
 
 /// Every key of `keys` reads back its value at QUORUM through `via`.
@@ -313,9 +368,7 @@ async fn a_node_joins_under_writes_and_dropped_calls_and_no_acknowledged_key_goe
     // One call in 40 to n1 is lost: writes that miss W fail (not acknowledged), the
     // joiner's pulls from n1 retry their page.
     cluster.net.set_drop_every("n1", 40);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
-    let reads = read_load(&cluster, "n2", PRELOAD, stop.clone());
+    let load = Load::start(&cluster, PRELOAD);
 
     let layout = (*cluster.node("n0").parts.membership.layout()).clone();
     cluster.start(
@@ -329,24 +382,10 @@ async fn a_node_joins_under_writes_and_dropped_calls_and_no_acknowledged_key_goe
         .wait_for_state("n3", MemberState::Normal, Duration::from_secs(60))
         .await;
     // Some writes after the join ended too.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::SeqCst);
-    let acked = writes.await.expect("writer");
-    let (answered, not_found) = reads.await.expect("reader");
+    load.more_writes(50).await;
+    let (acked, answered) = load.finish("join").await;
     cluster.net.set_drop_every("n1", 0);
 
-    assert!(
-        acked.len() > 100,
-        "the load wrote too little: {}",
-        acked.len()
-    );
-    assert!(answered > 100, "the reader answered too little: {answered}");
-    assert!(
-        not_found.is_empty(),
-        "{} QUORUM reads of keys acknowledged before the join said not found: {:?}",
-        not_found.len(),
-        &not_found[..not_found.len().min(10)]
-    );
     let progress = cluster
         .node("n3")
         .parts
@@ -493,9 +532,7 @@ async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readab
     const PRELOAD: u64 = 1_500;
     let cluster = members(&["n0", "n1", "n2", "n3"], PRELOAD).await;
     cluster.net.set_drop_every("n1", 40);
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
-    let reads = read_load(&cluster, "n2", PRELOAD, stop.clone());
+    let load = Load::start(&cluster, PRELOAD);
 
     // Asked of n0 with n3's id: n0 forwards the command to n3 over the peer transport.
     let operator = cluster.node("n0").parts.operator.clone();
@@ -508,10 +545,8 @@ async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readab
     cluster
         .wait_for_state("n3", MemberState::Left, Duration::from_secs(30))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::SeqCst);
-    let acked = writes.await.expect("writer");
-    let (answered, not_found) = reads.await.expect("reader");
+    load.more_writes(50).await;
+    let (acked, answered) = load.finish("decommission").await;
     cluster.net.set_drop_every("n1", 0);
     cluster.kill("n3").await;
 
@@ -519,17 +554,6 @@ async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readab
     assert!(
         stats.layout_version >= 3,
         "answered before n3 left: {stats:?}"
-    );
-    assert!(
-        acked.len() > 100 && answered > 100,
-        "{} {answered}",
-        acked.len()
-    );
-    assert!(
-        not_found.is_empty(),
-        "{} QUORUM reads said not found during the decommission: {:?}",
-        not_found.len(),
-        &not_found[..not_found.len().min(10)]
     );
     let all: Vec<u64> = (0..PRELOAD).chain(acked.iter().copied()).collect();
     for via in ["n0", "n1", "n2"] {
@@ -566,30 +590,15 @@ async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_repl
         assert!(Instant::now() < deadline, "n3 is not dead to n0");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = write_load(&cluster, "n0", PRELOAD, 20_000, stop.clone());
-    let reads = read_load(&cluster, "n2", PRELOAD, stop.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let load = Load::start(&cluster, PRELOAD);
+    load.more_writes(50).await;
     let next = plan_removal(&membership.layout(), "n3", true).expect("removal planned");
     membership.apply_layout(next).expect("removal applied");
     cluster
         .wait_for_state("n3", MemberState::Left, Duration::from_secs(30))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::SeqCst);
-    let acked = writes.await.expect("writer");
-    let (answered, not_found) = reads.await.expect("reader");
-    assert!(
-        acked.len() > 100 && answered > 100,
-        "{} {answered}",
-        acked.len()
-    );
-    assert!(
-        not_found.is_empty(),
-        "{} QUORUM reads said not found during the removal: {:?}",
-        not_found.len(),
-        &not_found[..not_found.len().min(10)]
-    );
+    load.more_writes(50).await;
+    let (acked, answered) = load.finish("removal").await;
     let all: Vec<u64> = (0..PRELOAD).chain(acked.iter().copied()).collect();
     let before: Vec<usize> = ["n0", "n1", "n2"]
         .iter()
