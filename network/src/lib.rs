@@ -25,13 +25,14 @@ mod transport;
 
 pub use grpc::{GrpcTransport, PeerService};
 pub use membership::{
-    decode_layout, encode_layout, newest_layout_of, parse_seed, plan_join, plan_join_done,
-    plan_leave, plan_leave_done, plan_removal, probe_members, Contact, DetectorSettings,
-    DigestEntry, GossipEvent, GossipMembership, GossipMessage, GossipOptions, GossipSettings,
-    Gossiper, IdentityTaken, Layout, LayoutError, Liveness, LivenessTable, LivenessView, Member,
-    MemberState, Membership, MembershipError, MembershipEvent, NodeInfo, NodeState, Outgoing,
-    PhiDetector, Refusal, ReplicationFingerprint, StaticMembership, Succession, XorShift64,
-    DEFAULT_MAX_NODES, DEFAULT_MAX_STATES_PER_MESSAGE, EVENT_CAPACITY, MAX_GOSSIP_STRING_BYTES,
+    decode_layout, encode_layout, layout_authority, newest_layout_of, parse_seed, plan_change,
+    plan_join, plan_join_done, plan_leave, plan_leave_done, plan_removal, probe_members, Contact,
+    DetectorSettings, DigestEntry, GossipEvent, GossipMembership, GossipMessage, GossipOptions,
+    GossipSettings, Gossiper, IdentityTaken, Layout, LayoutChange, LayoutError, Liveness,
+    LivenessTable, LivenessView, Member, MemberState, Membership, MembershipError, MembershipEvent,
+    NodeInfo, NodeState, Outgoing, PhiDetector, Refusal, ReplicationFingerprint, StaticMembership,
+    Succession, XorShift64, DEFAULT_MAX_NODES, DEFAULT_MAX_STATES_PER_MESSAGE, EVENT_CAPACITY,
+    MAX_GOSSIP_STRING_BYTES, NOT_AUTHORITY,
 };
 pub use memory::{InMemoryNetwork, InMemoryTransport};
 pub use transport::{

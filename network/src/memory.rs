@@ -328,7 +328,7 @@ mod tests {
                 Req::Merge(_) => Ok(Resp::Merge(Default::default())),
                 Req::Read(_) => Err(HandlerError::Refused("read refused".into())),
                 Req::RangePull(r) => Ok(Resp::RangePull(self.page(&r))),
-                Req::Gossip(_) | Req::LayoutPull(_) | Req::Join(_) | Req::Operator(_) => {
+                Req::Gossip(_) | Req::LayoutPull(_) | Req::LayoutChange(_) | Req::Operator(_) => {
                     Err(HandlerError::Refused("not served here".into()))
                 }
                 Req::AntiEntropy(_) => Err(HandlerError::Refused("anti-entropy refused".into())),

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 pub use distkv_proto::v1::{peer_request, peer_response, PeerRequest, PeerResponse};
 use distkv_proto::v1::{
     AntiEntropyRequest, AntiEntropyResponse, GcPurgeRequest, GcPurgeResponse, GcPushRequest,
-    GcPushResponse, GossipRequest, GossipResponse, JoinRequest, JoinResponse, KeyRecord,
-    LayoutPullRequest, LayoutPullResponse, MergeRequest, MergeResponse, OperatorRequest,
-    OperatorResponse, PeerReadRequest, PeerReadResponse, PingRequest, PingResponse,
-    RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
+    GcPushResponse, GossipRequest, GossipResponse, KeyRecord, LayoutChangeRequest,
+    LayoutChangeResponse, LayoutPullRequest, LayoutPullResponse, MergeRequest, MergeResponse,
+    OperatorRequest, OperatorResponse, PeerReadRequest, PeerReadResponse, PingRequest,
+    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -82,7 +82,7 @@ peer_rpcs! {
     Merge("merge"): MergeRequest => MergeResponse,
     Gossip("gossip"): GossipRequest => GossipResponse,
     LayoutPull("layout_pull"): LayoutPullRequest => LayoutPullResponse,
-    Join("join"): JoinRequest => JoinResponse,
+    LayoutChange("layout_change"): LayoutChangeRequest => LayoutChangeResponse,
     AntiEntropy("anti_entropy"): AntiEntropyRequest => AntiEntropyResponse,
     Operator("operator"): OperatorRequest => OperatorResponse,
     GcPush("gc_push"): GcPushRequest => GcPushResponse,

@@ -15,6 +15,7 @@ use crate::coordinator::{Node, NodeParts};
 use crate::handoff::{Handoff, HintStore};
 use crate::operator::Operator;
 use crate::placement::{Partitioner, Placement, PlacementSnapshot};
+use crate::rebalance::authority::LayoutChanges;
 use crate::rebalance::Joiner;
 use crate::replica::{MergeObserver, PeerEndpoint, PeerLimits, ReplicaStore, Replicas};
 use crate::supervisor::Supervisor;
@@ -172,6 +173,12 @@ where
         transport: transport.clone(),
         rebalance: rebalance.clone(),
         repair: antientropy.clone(),
+        changes: LayoutChanges {
+            local: membership.local().clone(),
+            membership: membership.clone(),
+            transport: transport.clone(),
+            timeout: settings.request_timeout,
+        },
         stop: stop.clone(),
     });
     peer.set_operator(operator.clone());

@@ -6,16 +6,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distkv_network::{MemberState, Membership, NodeInfo, PeerError, Transport, TransportExt};
+use distkv_network::{
+    LayoutChange, MemberState, Membership, NodeInfo, PeerError, Transport, TransportExt,
+};
 use distkv_proto::v1::{
     operator_request, operator_response, CleanupRequest, CleanupResponse, DecommissionRequest,
-    DecommissionResponse, OperatorRequest, OperatorResponse, RepairRequest, RepairResponse,
+    DecommissionResponse, OperatorRequest, OperatorResponse, RemoveNodeResponse, RepairRequest,
+    RepairResponse,
 };
 use futures::future::BoxFuture;
 use tonic::Status;
 
 use crate::antientropy::driver::{PassReport, RangeStats, RepairPass};
 use crate::placement::TokenRange;
+use crate::rebalance::authority::LayoutChanges;
 use crate::rebalance::{Decommission, ProgressSummary};
 
 /// How long a forwarded command may run (a decommission streams every range of a node;
@@ -33,6 +37,9 @@ pub trait Operations: Send + Sync + 'static {
     fn repair(&self, node: String, wait: bool) -> BoxFuture<'_, Result<RepairResponse, Status>>;
     /// Drops the ranges node `node` (empty: this one) no longer replicates.
     fn cleanup(&self, node: String) -> BoxFuture<'_, Result<CleanupResponse, Status>>;
+    /// Takes dead node `node` out of the layout (asked of the layout authority); answers
+    /// the layout version after it.
+    fn remove_node(&self, node: String) -> BoxFuture<'_, Result<RemoveNodeResponse, Status>>;
     /// This node's anti-entropy numbers per range, from the last pass.
     fn range_stats(&self) -> Vec<(TokenRange, RangeStats)>;
     /// This node's join or decommission stream.
@@ -51,6 +58,8 @@ pub struct Operator<M: Membership, T: Transport> {
     pub rebalance: Arc<dyn Decommission>,
     /// Its anti-entropy driver.
     pub repair: Arc<dyn RepairPass>,
+    /// Its way to the layout authority (for removals).
+    pub changes: LayoutChanges<M, T>,
     /// Notified to stop the process after a decommission.
     pub stop: Arc<tokio::sync::Notify>,
 }
@@ -231,6 +240,25 @@ impl<M: Membership, T: Transport> Operations for Operator<M, T> {
                 operator_response::Answer::Cleanup(r) => Ok(r),
                 other => Err(unexpected(&target, &other)),
             }
+        })
+    }
+
+    fn remove_node(&self, node: String) -> BoxFuture<'_, Result<RemoveNodeResponse, Status>> {
+        Box::pin(async move {
+            if node.is_empty() {
+                return Err(Status::invalid_argument(
+                    "remove-node needs the id of the dead node to take out",
+                ));
+            }
+            let change = LayoutChange::Remove { id: node.clone() };
+            let next =
+                self.changes.request(&change).await.map_err(|e| {
+                    Status::failed_precondition(format!("cannot remove {node:?}: {e}"))
+                })?;
+            tracing::warn!(node = %node, version = next.version(), "node removed from the layout by an operator");
+            Ok(RemoveNodeResponse {
+                layout_version: next.version(),
+            })
         })
     }
 

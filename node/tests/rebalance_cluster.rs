@@ -331,6 +331,11 @@ fn held_locally(cluster: &Cluster, id: &str, keys: &[u64]) -> usize {
 
 /// Normal members `ids` (n0 first) and their first `preload` keys written at ALL.
 async fn members(ids: &[&str], preload: u64) -> Arc<Cluster> {
+    members_throttled(ids, preload, 0).await
+}
+
+/// As [`members`], with streams throttled to `max_bytes_per_sec` (0: unthrottled).
+async fn members_throttled(ids: &[&str], preload: u64, max_bytes_per_sec: u64) -> Arc<Cluster> {
     let cluster = Arc::new(Cluster::new());
     let layout = first_layout(ids);
     for id in ids {
@@ -339,7 +344,7 @@ async fn members(ids: &[&str], preload: u64) -> Arc<Cluster> {
             layout.clone(),
             &["n0"],
             Arc::new(MemoryEngine::ephemeral()),
-            settings(None, 0),
+            settings(None, max_bytes_per_sec),
         );
     }
     let node = cluster.node("n0").parts.node.clone();
@@ -582,6 +587,14 @@ async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_repl
     let current = cluster.node("n0").parts.membership.layout();
     let err = plan_removal(&current, "n3", false).unwrap_err();
     assert!(err.contains("alive") || err.contains("live"), "{err}");
+    let refused = cluster
+        .node("n2")
+        .parts
+        .operator
+        .remove_node("n3".into())
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("is alive"), "{refused:?}");
 
     cluster.kill("n3").await;
     let membership = cluster.node("n0").parts.membership.clone();
@@ -592,8 +605,15 @@ async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_repl
     }
     let load = Load::start(&cluster, PRELOAD);
     load.more_writes(50).await;
-    let next = plan_removal(&membership.layout(), "n3", true).expect("removal planned");
-    membership.apply_layout(next).expect("removal applied");
+    // Asked of n1, which is not the layout authority: n0 commits it.
+    let removed = cluster
+        .node("n1")
+        .parts
+        .operator
+        .remove_node("n3".into())
+        .await
+        .expect("removal of the dead n3");
+    assert_eq!(removed.layout_version, 2);
     cluster
         .wait_for_state("n3", MemberState::Left, Duration::from_secs(30))
         .await;
@@ -638,5 +658,155 @@ async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_repl
          {before:?} of {} keys, all of them after {passes} anti-entropy pass(es) per node",
         acked.len(),
         all.len()
+    );
+}
+
+/// Waits (bounded) until every running node holds `id` dead.
+async fn wait_dead_everywhere(cluster: &Cluster, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes: Vec<Arc<Running>> = cluster.nodes.lock().values().cloned().collect();
+        if nodes
+            .iter()
+            .all(|n| n.parts.membership.liveness(id).liveness == Liveness::Dead)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} is not dead on every node");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// No running node saw two different layouts with one version.
+fn assert_no_layout_conflict(cluster: &Cluster) {
+    for (id, n) in cluster.nodes.lock().iter() {
+        let conflicts = n.parts.membership.layout_conflicts();
+        assert!(
+            conflicts.is_empty(),
+            "{id} saw conflicting layouts: {conflicts:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_asked_through_different_nodes_meet_at_one_authority_one_at_a_time() {
+    const PRELOAD: u64 = 1_000;
+    // Streams throttled so that a decommission stays in flight for a few seconds.
+    let cluster = members_throttled(&["n0", "n1", "n2", "n3", "n4"], PRELOAD, 64 * 1024).await;
+    cluster.kill("n4").await;
+    wait_dead_everywhere(&cluster, "n4").await;
+
+    // At the same moment: n3 asks to leave (through n2, forwarded to n3) and n1 is asked
+    // to remove the dead n4. Before one authority, each node committed its own version 2
+    // and the cluster held two layouts of one version. Now both meet at n0: either the
+    // removal goes first and the decommission follows it, or the removal is refused
+    // while n3 is leaving.
+    let leave = {
+        let operator = cluster.node("n2").parts.operator.clone();
+        tokio::spawn(async move { operator.decommission("n3".into()).await })
+    };
+    let removal = cluster
+        .node("n1")
+        .parts
+        .operator
+        .remove_node("n4".into())
+        .await;
+    cluster
+        .wait_for_state("n3", MemberState::Leaving, Duration::from_secs(10))
+        .await;
+    let removed_first = match &removal {
+        Ok(r) => {
+            assert_eq!(r.layout_version, 2, "the removal went first: {r:?}");
+            true
+        }
+        Err(e) => {
+            assert!(
+                e.message()
+                    .contains("another layout change is in flight (n3 is leaving)"),
+                "{e:?}"
+            );
+            false
+        }
+    };
+
+    // While n3 leaves: a removal through n2 is refused with the reason, and a node
+    // started to join waits (it is not let in while n3 is leaving).
+    let refused = cluster
+        .node("n2")
+        .parts
+        .operator
+        .remove_node("n4".into())
+        .await;
+    if removed_first {
+        let e = refused.unwrap_err();
+        assert!(e.message().contains("already left"), "{e:?}");
+    } else {
+        let e = refused.unwrap_err();
+        assert!(
+            e.message()
+                .contains("another layout change is in flight (n3 is leaving)"),
+            "{e:?}"
+        );
+    }
+    let layout = (*cluster.node("n0").parts.membership.layout()).clone();
+    cluster.start(
+        "n5",
+        layout,
+        &["n1"],
+        Arc::new(MemoryEngine::ephemeral()),
+        settings(None, 0),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = cluster.node("n0").parts.membership.layout();
+    assert_eq!(
+        during.member("n3").map(|m| m.state),
+        Some(MemberState::Leaving),
+        "the decommission is still in flight"
+    );
+    assert!(
+        during.member("n5").is_none(),
+        "a join was let in while n3 was leaving: {during:?}"
+    );
+
+    let stats = leave
+        .await
+        .expect("decommission task")
+        .expect("decommission");
+    assert!(stats.records > 0, "{stats:?}");
+    if !removed_first {
+        cluster
+            .node("n1")
+            .parts
+            .operator
+            .remove_node("n4".into())
+            .await
+            .expect("the removal once the decommission is done");
+    }
+    cluster
+        .wait_for_state("n5", MemberState::Normal, Duration::from_secs(60))
+        .await;
+    cluster.kill("n3").await;
+    for (id, state) in [("n3", MemberState::Left), ("n4", MemberState::Left)] {
+        cluster
+            .wait_for_state(id, state, Duration::from_secs(10))
+            .await;
+    }
+    // Five changes, one version each: 2 for the decommission, 1 for the removal, 2 for
+    // the join; every node holds the last one and none saw two layouts of one version.
+    for (id, n) in cluster.nodes.lock().iter() {
+        assert_eq!(n.parts.membership.layout().version(), 6, "{id}");
+    }
+    assert_no_layout_conflict(&cluster);
+    let all: Vec<u64> = (0..PRELOAD).collect();
+    for via in ["n0", "n5"] {
+        assert_all_readable(&cluster, via, &all).await;
+    }
+    println!(
+        "authority: removal {} the decommission; the join waited for both",
+        if removed_first {
+            "before"
+        } else {
+            "refused during, then after"
+        }
     );
 }

@@ -405,6 +405,105 @@ pub fn plan_leave_done(current: &Layout, id: &str) -> Result<Layout, String> {
     }
 }
 
+/// A change of the layout, asked of the layout authority ([`layout_authority`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayoutChange {
+    /// Node `id` at `address` joins ([`plan_join`]).
+    Join {
+        /// The joining node.
+        id: String,
+        /// Its peer address.
+        address: String,
+    },
+    /// Joining node `id` streamed its ranges ([`plan_join_done`]).
+    JoinDone {
+        /// The joining node.
+        id: String,
+    },
+    /// Live node `id` starts leaving ([`plan_leave`]).
+    Leave {
+        /// The leaving node.
+        id: String,
+    },
+    /// Leaving node `id` streamed its ranges away ([`plan_leave_done`]).
+    LeaveDone {
+        /// The leaving node.
+        id: String,
+    },
+    /// Dead node `id` is taken out ([`plan_removal`]).
+    Remove {
+        /// The removed node.
+        id: String,
+    },
+}
+
+impl LayoutChange {
+    /// The node the change is about.
+    pub fn node(&self) -> &str {
+        match self {
+            LayoutChange::Join { id, .. }
+            | LayoutChange::JoinDone { id }
+            | LayoutChange::Leave { id }
+            | LayoutChange::LeaveDone { id }
+            | LayoutChange::Remove { id } => id,
+        }
+    }
+
+    /// Whether only the node it is about may ask for it (its own join or leave); a
+    /// removal is asked for a dead node by an operator, through any member.
+    pub fn asked_by_its_node(&self) -> bool {
+        !matches!(self, LayoutChange::Remove { .. })
+    }
+}
+
+impl fmt::Display for LayoutChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayoutChange::Join { id, address } => write!(f, "join of {id:?} at {address}"),
+            LayoutChange::JoinDone { id } => write!(f, "end of {id:?}'s join"),
+            LayoutChange::Leave { id } => write!(f, "decommission of {id:?}"),
+            LayoutChange::LeaveDone { id } => write!(f, "end of {id:?}'s decommission"),
+            LayoutChange::Remove { id } => write!(f, "removal of {id:?}"),
+        }
+    }
+}
+
+/// The layout after `change` (the `plan_*` function of its kind); `dead` tells whether
+/// a member is dead in the planning node's view (a removal needs its node dead).
+pub fn plan_change(
+    current: &Layout,
+    change: &LayoutChange,
+    dead: &dyn Fn(&str) -> bool,
+) -> Result<Layout, String> {
+    match change {
+        LayoutChange::Join { id, address } => plan_join(current, id, address),
+        LayoutChange::JoinDone { id } => plan_join_done(current, id),
+        LayoutChange::Leave { id } => plan_leave(current, id),
+        LayoutChange::LeaveDone { id } => plan_leave_done(current, id),
+        LayoutChange::Remove { id } => plan_removal(current, id, dead(id)),
+    }
+}
+
+/// The start of the refusal a node that is not the layout authority answers (a node
+/// asking a change goes on to the next candidate when it reads it).
+pub const NOT_AUTHORITY: &str = "not the layout authority";
+
+/// The layout authority in one node's view: the lowest-id normal member that node does
+/// not hold dead. It alone commits layout changes, one at a time, so two changes asked
+/// through different nodes meet at one place: the second is planned against the first
+/// and refused while it is in flight. (Two nodes disagree on the authority only while
+/// their liveness views disagree on the lower ids; the layouts they would commit then
+/// carry one version and are refused everywhere as a conflict, never merged.)
+pub fn layout_authority<'a>(
+    current: &'a Layout,
+    dead: &dyn Fn(&str) -> bool,
+) -> Option<&'a Member> {
+    current
+        .members()
+        .iter()
+        .find(|m| m.state == MemberState::Normal && !dead(&m.id))
+}
+
 /// "another layout change is in flight (ID is STATE): one change at a time" when a member
 /// is joining or leaving.
 fn change_in_flight(current: &Layout) -> Option<String> {
@@ -530,6 +629,56 @@ mod tests {
 
     fn layout(version: u64, members: Vec<Member>) -> Layout {
         Layout::new(version, 8, members).unwrap()
+    }
+
+    #[test]
+    fn the_authority_is_the_lowest_id_normal_member_not_held_dead() {
+        let l = layout(
+            5,
+            vec![
+                member("a", MemberState::Joining),
+                member("b", MemberState::Leaving),
+                member("c", MemberState::Normal),
+                member("d", MemberState::Normal),
+                member("e", MemberState::Left),
+            ],
+        );
+        let none_dead = |_: &str| false;
+        assert_eq!(
+            layout_authority(&l, &none_dead).map(|m| m.id.as_str()),
+            Some("c")
+        );
+        let c_dead = |id: &str| id == "c";
+        assert_eq!(
+            layout_authority(&l, &c_dead).map(|m| m.id.as_str()),
+            Some("d")
+        );
+        let all_dead = |_: &str| true;
+        assert!(layout_authority(&l, &all_dead).is_none());
+        // plan_change follows the plan of each kind: a removal needs its node dead, and
+        // nothing else starts while a change is in flight (a joins, b leaves here).
+        let stable = layout(
+            1,
+            vec![
+                member("c", MemberState::Normal),
+                member("d", MemberState::Normal),
+            ],
+        );
+        let removal = LayoutChange::Remove { id: "d".into() };
+        assert!(plan_change(&stable, &removal, &none_dead)
+            .unwrap_err()
+            .contains("alive"));
+        let next = plan_change(&stable, &removal, &|id: &str| id == "d").unwrap();
+        assert_eq!(next.member("d").map(|m| m.state), Some(MemberState::Left));
+        let join = LayoutChange::Join {
+            id: "f".into(),
+            address: "f:1".into(),
+        };
+        assert!(plan_change(&l, &join, &none_dead)
+            .unwrap_err()
+            .contains("another layout change is in flight"));
+        assert_eq!(join.node(), "f");
+        assert!(join.asked_by_its_node() && !removal.asked_by_its_node());
     }
 
     fn base() -> Layout {

@@ -34,8 +34,9 @@ pub use gossip_wire::MAX_GOSSIP_STRING_BYTES;
 pub use gossip_wire::{decode_layout, encode_layout};
 pub use gossiping::{newest_layout_of, GossipMembership, GossipOptions, IdentityTaken};
 pub use layout::{
-    plan_join, plan_join_done, plan_leave, plan_leave_done, plan_removal, Layout, LayoutError,
-    Member, MemberState, Succession,
+    layout_authority, plan_change, plan_join, plan_join_done, plan_leave, plan_leave_done,
+    plan_removal, Layout, LayoutChange, LayoutError, Member, MemberState, Succession,
+    NOT_AUTHORITY,
 };
 pub use liveness::{Contact, DetectorSettings, Liveness, LivenessTable, LivenessView, PhiDetector};
 pub use probe::probe_members;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use distkv_engine::StorageEngine;
-use distkv_network::{plan_removal, Liveness, Membership, Transport};
+use distkv_network::{Membership, Transport};
 use distkv_proto::v1::key_value_server::KeyValue;
 use distkv_proto::v1::{
     BatchPutRequest, BatchPutResponse, CleanupRequest, CleanupResponse,
@@ -176,22 +176,15 @@ where
         &self,
         request: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
-        let id = request.into_inner().node_id;
-        let membership = self.node.membership();
-        let current = membership.layout();
-        let dead = membership.liveness(&id).liveness == Liveness::Dead;
-        let next = plan_removal(&current, &id, dead)
-            .map_err(|e| Status::failed_precondition(format!("cannot remove {id:?}: {e}")))?;
-        let version = next.version();
-        membership.apply_layout(next).map_err(|e| {
-            Status::aborted(format!(
-                "cannot remove {id:?}: the layout changed meanwhile ({e}); check `status` and retry"
-            ))
-        })?;
-        tracing::warn!(node = %id, version, "node removed from the layout by an operator");
-        Ok(Response::new(RemoveNodeResponse {
-            layout_version: version,
-        }))
+        let Some(operations) = self.operations.clone() else {
+            return Err(Status::unimplemented(
+                "this server runs no operator commands (remove-node)",
+            ));
+        };
+        operations
+            .remove_node(request.into_inner().node_id)
+            .await
+            .map(Response::new)
     }
 
     async fn decommission(

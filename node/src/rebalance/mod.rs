@@ -1,8 +1,9 @@
 //! Joining: a node that is not in the cluster's layout asks to join, streams the ranges
 //! it will own from the replicas that hold them, and asks to become normal.
 //!
-//! 1. **Ask.** A `Join` peer call to the lowest-id normal member (then the next ones),
-//!    which commits layout `v + 1` with this node `joining` (one change at a time). From
+//! 1. **Ask.** A `LayoutChange` peer call to the layout authority ([`authority`]: the
+//!    lowest-id normal member not held dead), which commits layout `v + 1` with this
+//!    node `joining` (one change at a time). From
 //!    then on writes need W acknowledgements in both the old and the new replica sets;
 //!    reads stay on the old set.
 //! 2. **Barrier.** Before streaming, every normal member must hold version `v + 1` (asked
@@ -13,7 +14,7 @@
 //!    checked as peer input) and merged as repairs; bytes are throttled by
 //!    `rebalance.max_bytes_per_sec`. Pulling from every live replica, not one, gives
 //!    every write acknowledged by W of them.
-//! 4. **Done.** A `Join { done }` call commits `v + 2` with this node `normal`; reads
+//! 4. **Done.** A `JOIN_DONE` change commits `v + 2` with this node `normal`; reads
 //!    move to it.
 //!
 //! **Resuming.** The stream's progress ([`StreamProgress`]: per range and peer, done or
@@ -22,7 +23,8 @@
 //! it, for the same change (layout version). Writes this node missed while it was down
 //! reach it by hints, read repair and anti-entropy, as for any replica.
 //!
-//! Leaving (decommission) is the mirror: layout `v + 1` with this node `leaving` (it
+//! Leaving (decommission) is the mirror: the authority commits layout `v + 1` with this
+//! node `leaving` (it
 //! still owns its ranges; writes reach old and new owners), the same barrier, then this
 //! node pushes every range it replicates to the replicas that gain it (paged local
 //! scans, `Merge` calls with the repair origin, throttled), then `v + 2` with it `left`.
@@ -35,14 +37,14 @@ use std::time::{Duration, Instant};
 
 use distkv_engine::StorageEngine;
 use distkv_network::{
-    decode_layout, plan_leave, plan_leave_done, range_checksum, Layout, MemberState, Membership,
-    NodeInfo, PeerError, Transport, TransportExt, DEFAULT_MAX_NODES,
+    range_checksum, LayoutChange, MemberState, Membership, NodeInfo, Transport, TransportExt,
 };
+pub mod authority;
 pub mod cleanup;
 mod progress;
 
 use distkv_proto::v1::{
-    JoinRequest, LayoutPullRequest, MergeEntry, MergeRequest, RangePullRequest, WriteOrigin,
+    LayoutPullRequest, MergeEntry, MergeRequest, RangePullRequest, WriteOrigin,
 };
 
 pub use progress::{ProgressSummary, StreamKind, StreamProgress, PROGRESS_FILE};
@@ -51,6 +53,7 @@ use crate::coordinator::now_micros;
 use crate::placement::{Partitioner, Placement, TokenRange};
 use crate::replica::{checks, Origin, PeerLimits, ReplicaStore};
 use crate::version::Record;
+use authority::LayoutChanges;
 
 /// Entries asked per range-pull page.
 const PAGE_ENTRIES: u32 = 1024;
@@ -158,7 +161,7 @@ where
             let layout = self.membership.layout();
             match layout.member(&self.local.id).map(|m| m.state) {
                 None => {
-                    if let Err(e) = self.ask(&layout, false).await {
+                    if let Err(e) = self.ask(false).await {
                         tracing::warn!("join not accepted yet: {e}; retrying");
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
@@ -179,7 +182,7 @@ where
                         }
                     };
                     loop {
-                        match self.ask(&self.membership.layout(), true).await {
+                        match self.ask(true).await {
                             Ok(()) => break,
                             Err(e) => {
                                 tracing::warn!("join completion not accepted yet: {e}; retrying");
@@ -203,42 +206,29 @@ where
         }
     }
 
-    /// Asks the normal members, lowest id first, to commit our join (or its end), and
-    /// installs the layout they answer.
-    async fn ask(&self, layout: &Layout, done: bool) -> Result<(), String> {
-        let mut last = String::from("the layout has no normal member to ask");
-        for member in layout.nodes_in(&[MemberState::Normal]) {
-            if member.id == self.local.id {
-                continue;
-            }
-            let request = JoinRequest {
-                node_id: self.local.id.clone(),
+    /// Asks the layout authority to commit our join (or its end); installs the layout
+    /// it answers.
+    async fn ask(&self, done: bool) -> Result<(), String> {
+        let id = self.local.id.clone();
+        let change = if done {
+            LayoutChange::JoinDone { id }
+        } else {
+            LayoutChange::Join {
+                id,
                 address: self.local.address.clone(),
-                done,
-            };
-            match self.transport.call(&member, request, self.timeout).await {
-                Ok(answer) => {
-                    let Some(next) = answer.layout else {
-                        last = format!("{} answered no layout", member.id);
-                        continue;
-                    };
-                    let next = decode_layout(next, DEFAULT_MAX_NODES)?;
-                    return self.install(next);
-                }
-                Err(PeerError::Refused { reason, .. }) => return Err(reason),
-                Err(e) => last = e.to_string(),
             }
-        }
-        Err(last)
+        };
+        self.changes().request(&change).await.map(|_| ())
     }
 
-    fn install(&self, next: Layout) -> Result<(), String> {
-        if next.version() <= self.membership.layout().version() {
-            return Ok(());
+    /// This node's way to the layout authority.
+    fn changes(&self) -> LayoutChanges<M, T> {
+        LayoutChanges {
+            local: self.local.clone(),
+            membership: self.membership.clone(),
+            transport: self.transport.clone(),
+            timeout: self.timeout,
         }
-        self.membership
-            .apply_layout(next)
-            .map_err(|e| format!("the answered layout is refused: {e}"))
     }
 
     /// The normal members that do not answer holding layout `version` or newer (this
@@ -371,14 +361,12 @@ where
     /// once the layout says it left. The caller stops the process then. Run again after a
     /// failure or a restart, it resumes the pushes where they stood.
     pub async fn decommission(&self) -> Result<StreamStats, String> {
-        let current = self.membership.layout();
-        let leaving = plan_leave(&current, &self.local.id)?;
+        let id = self.local.id.clone();
+        let leaving = self
+            .changes()
+            .request(&LayoutChange::Leave { id: id.clone() })
+            .await?;
         let version = leaving.version();
-        if version != current.version() {
-            self.membership
-                .apply_layout(leaving)
-                .map_err(|e| format!("the layout changed meanwhile ({e}); retry"))?;
-        }
         self.barrier(version).await;
         self.placement_of(version).await?;
         let snapshot = self.placement.current();
@@ -403,14 +391,11 @@ where
         let stats = self
             .run_stream(StreamProgress::plan(StreamKind::Leave, version, transfers))
             .await?;
-        let current = self.membership.layout();
-        let left = plan_leave_done(&current, &self.local.id)?;
+        let left = self
+            .changes()
+            .request(&LayoutChange::LeaveDone { id })
+            .await?;
         let left_version = left.version();
-        if left_version != current.version() {
-            self.membership
-                .apply_layout(left)
-                .map_err(|e| format!("the layout changed meanwhile ({e}); retry"))?;
-        }
         self.clear_saved();
         // Let the others learn it before this node goes.
         self.barrier(left_version).await;

@@ -8,14 +8,15 @@ use std::time::Instant;
 use async_trait::async_trait;
 use distkv_engine::StorageEngine;
 use distkv_network::{
-    encode_layout, peer_request, peer_response, plan_join, plan_join_done, range_checksum,
-    HandlerError, Layout, LayoutError, Membership, PeerHandler,
+    encode_layout, peer_request, peer_response, range_checksum, HandlerError, Layout, LayoutError,
+    Liveness, Membership, PeerHandler,
 };
 use distkv_proto::v1::{
     AntiEntropyRequest, AntiEntropyResponse, GcHeld, GcPurgeRequest, GcPurgeResponse,
-    GcPushRequest, GcPushResponse, GossipRequest, GossipResponse, JoinRequest, JoinResponse,
-    KeyRecord, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest, PeerReadResponse,
-    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
+    GcPushRequest, GcPushResponse, GossipRequest, GossipResponse, KeyRecord, LayoutChangeRequest,
+    LayoutChangeResponse, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest,
+    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
+    ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
@@ -27,6 +28,7 @@ use crate::coordinator::now_micros;
 use crate::error::NodeError;
 use crate::handoff::HintStore;
 use crate::placement::TokenRange;
+use crate::rebalance::authority;
 use crate::util::blocking;
 
 /// Most entries in one page of a range pull, whatever the caller asks.
@@ -58,6 +60,8 @@ pub trait MembershipCalls: Send + Sync + 'static {
     fn current_layout(&self) -> Arc<Layout>;
     /// Applies a layout change ([`Membership::apply_layout`]).
     fn offer_layout(&self, layout: Layout) -> Result<(), LayoutError>;
+    /// Whether member `id` is dead in this node's view ([`Membership::liveness`]).
+    fn is_dead(&self, id: &str) -> bool;
     /// Answers a gossip message ([`Membership::handle_gossip`]).
     fn gossip(
         &self,
@@ -78,6 +82,10 @@ impl<M: Membership> MembershipCalls for M {
 
     fn offer_layout(&self, layout: Layout) -> Result<(), LayoutError> {
         self.apply_layout(layout)
+    }
+
+    fn is_dead(&self, id: &str) -> bool {
+        self.liveness(id).liveness == Liveness::Dead
     }
 
     fn gossip(
@@ -416,39 +424,24 @@ fn storage_error(e: NodeError) -> HandlerError {
     }
 }
 
-/// Adds `request`'s node to the layout as joining, or makes it normal (`done`), and
-/// answers the layout after the change. Any member may commit it; the joiner asks the
-/// lowest-id normal member, so concurrent joins meet at one node (one change at a time).
-fn join(
+/// Commits the layout change `request` asks for if this node is the layout authority
+/// ([`authority::commit`]) and answers the layout after it. A node asks only its own
+/// join or decommission; a removal may come from any member (an operator's command).
+fn layout_change(
     m: &dyn MembershipCalls,
+    local: &str,
     from: &str,
-    request: JoinRequest,
-) -> Result<JoinResponse, HandlerError> {
-    if request.node_id != from {
+    request: LayoutChangeRequest,
+) -> Result<LayoutChangeResponse, HandlerError> {
+    let change = authority::from_wire(request)
+        .map_err(|e| HandlerError::Refused(format!("layout change from {from} refused: {e}")))?;
+    if change.asked_by_its_node() && change.node() != from {
         return Err(HandlerError::Refused(format!(
-            "join request for {:?} sent by {from:?}: a node asks to join for itself",
-            request.node_id
+            "the {change} was asked by {from:?}: a node asks its own join or decommission"
         )));
     }
-    let current = m.current_layout();
-    let next = if request.done {
-        plan_join_done(&current, &request.node_id)
-    } else {
-        plan_join(&current, &request.node_id, &request.address)
-    }
-    .map_err(HandlerError::Refused)?;
-    if next.version() != current.version() {
-        m.offer_layout(next.clone()).map_err(|e| {
-            HandlerError::Unavailable(format!("the layout changed meanwhile ({e}); retry"))
-        })?;
-        tracing::info!(
-            node = %request.node_id,
-            version = next.version(),
-            done = request.done,
-            "layout change for a joining node committed"
-        );
-    }
-    Ok(JoinResponse {
+    let next = authority::commit(m, local, &change).map_err(HandlerError::Refused)?;
+    Ok(LayoutChangeResponse {
         layout: Some(encode_layout(&next)),
     })
 }
@@ -490,10 +483,10 @@ impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
                     "operator command from {from} refused: this endpoint runs none"
                 ))),
             },
-            Req::Join(r) => match &self.membership {
-                Some(m) => join(&**m, from, r).map(Resp::Join),
+            Req::LayoutChange(r) => match &self.membership {
+                Some(m) => layout_change(&**m, &self.node_id, from, r).map(Resp::LayoutChange),
                 None => Err(HandlerError::Refused(format!(
-                    "join of {from} refused: this endpoint has no membership"
+                    "layout change from {from} refused: this endpoint has no membership"
                 ))),
             },
             Req::LayoutPull(_) => match &self.membership {
