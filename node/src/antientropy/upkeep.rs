@@ -83,6 +83,13 @@ pub async fn rebuild<S: StorageEngine + ?Sized + 'static>(
                     t.scanned(key, s.token_of(key), &record)
                         .map_err(|e| NodeError::Storage(distkv_engine::Error::Other(e.to_string())))?;
                 }
+                // Ready inside the same exclusive step as the last page: a merge that
+                // ran between the last page and a later `finish_rebuild` would be left
+                // out (its key is past the cursor, so `update` leaves it to a scan that
+                // is over), and two replicas could then agree on a tree without it.
+                if page.next.is_none() {
+                    t.finish_rebuild();
+                }
                 Ok(page.next)
             })
             .await??;
@@ -91,7 +98,6 @@ pub async fn rebuild<S: StorageEngine + ?Sized + 'static>(
             None => break,
         }
     }
-    tree.lock().finish_rebuild();
     Ok(())
 }
 
