@@ -201,7 +201,7 @@ pub async fn run(
                 rng_seed: generation_now() ^ xxhash_rust::xxh3::xxh3_64(local.id.as_bytes()),
             };
             let membership =
-                GossipMembership::new(local.clone(), layout, options, std::time::Instant::now());
+                GossipMembership::new(local.clone(), layout, options, distkv_network::now());
             membership
                 .check_identity(&transport, IDENTITY_CHECK_TIMEOUT)
                 .await
@@ -479,6 +479,15 @@ where
     let late = supervisor.shutdown(config.shutdown_timeout).await;
     if !late.is_empty() {
         tracing::warn!(tasks = ?late, "background tasks were aborted at shutdown");
+    }
+    // The layout as it stands now, saved once more: a change learned just before the
+    // stop (a removal, a join's last step) is kept even if the saver task was stopped
+    // before it wrote it.
+    if let Err(e) = layout_file::save(&config.data_dir, &parts.membership.layout()) {
+        tracing::error!(
+            dir = %config.data_dir.display(),
+            "cannot save the layout at shutdown: {e}; the next start uses the one saved before"
+        );
     }
     close(&parts).await?;
     served
