@@ -24,6 +24,14 @@ pub mod tls;
 mod transport;
 
 pub use grpc::{GrpcTransport, PeerService};
+/// The time now on the runtime's clock, for the protocol shells (gossip rounds, failure
+/// detection, streams, throttles): `std::time::Instant::now()` in a running node; the
+/// paused clock under a test runtime with paused time (tokio's `test-util`), so that
+/// in-process cluster tests follow virtual time and need no wall clock.
+pub fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 pub use membership::{
     decode_layout, encode_layout, layout_authority, newest_layout_of, parse_seed, plan_change,
     plan_join, plan_join_done, plan_leave, plan_leave_done, plan_removal, probe_members, Contact,

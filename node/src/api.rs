@@ -68,6 +68,11 @@ pub struct NodeSettings {
     /// Where the node keeps its small state files (a join's or decommission's stream
     /// progress): the data directory. `None` keeps them in memory only (tests).
     pub state_dir: Option<std::path::PathBuf>,
+    /// For in-process tests on tokio's paused clock only: tasks wait for the storage
+    /// writer thread from tokio's blocking pool, which keeps virtual time from running on
+    /// (and timeouts from firing) while the writer works. Off in a server: it costs a
+    /// thread hand-off per write.
+    pub storage_wait_on_blocking_pool: bool,
     /// Most siblings a client write may grow a key to; a blind write past it is refused
     /// (FAILED_PRECONDITION) until a write with the key's context resolves them. Repairs
     /// and hints are never refused for it.
@@ -121,6 +126,7 @@ impl Default for NodeSettings {
             hint_replay_batch: 512,
             rebalance_max_bytes_per_sec: 32 * 1024 * 1024,
             state_dir: None,
+            storage_wait_on_blocking_pool: false,
             max_siblings: 64,
             max_vector_entries: 64,
             max_context_bytes: 64 * 1024,

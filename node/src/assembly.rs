@@ -76,15 +76,18 @@ where
         TreeShape::default(),
     )));
     let observer: Arc<dyn MergeObserver> = tree.clone();
-    let store = Arc::new(ReplicaStore::with_observer(
-        storage,
-        settings.conflict,
-        settings.max_siblings,
-        P::token,
-        &local.id,
-        settings.replica_queue_depth,
-        Some(observer),
-    ));
+    let store = Arc::new(
+        ReplicaStore::with_observer(
+            storage,
+            settings.conflict,
+            settings.max_siblings,
+            P::token,
+            &local.id,
+            settings.replica_queue_depth,
+            Some(observer),
+        )
+        .waiting_on_blocking_pool(settings.storage_wait_on_blocking_pool),
+    );
     let replicas = Replicas::new(
         local.clone(),
         store.clone(),

@@ -1,13 +1,22 @@
-//! Joins and decommissions in one process: gossip membership over the in-memory
-//! transport, a concurrent write load, injected faults (dropped calls), and a node
-//! restarted in the middle of its stream. Every acknowledged write must stay readable at
-//! QUORUM throughout, and the restarted joiner must resume where its stream stood.
+//! Joins, decommissions and removals in one process: gossip membership over the
+//! in-memory transport, a concurrent write load, injected faults (dropped calls), and a
+//! node restarted in the middle of its stream. Every acknowledged write must stay
+//! readable at QUORUM throughout, and the restarted joiner must resume where its stream
+//! stood.
+//!
+//! No wall clock: each test runs on one thread with tokio's clock paused, so gossip
+//! rounds, failure detection, timeouts, throttles and the tests' own waits follow
+//! virtual time (it moves on only when every task waits on a timer), and gossip peers
+//! are chosen by seeded generators. A dropped call costs its timeout in virtual time,
+//! not in real time.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use distkv_backends::MemoryEngine;
 use distkv_network::{
@@ -50,6 +59,9 @@ fn settings(state_dir: Option<PathBuf>, max_bytes_per_sec: u64) -> NodeSettings 
     s.antientropy.enabled = false;
     s.rebalance_max_bytes_per_sec = max_bytes_per_sec;
     s.state_dir = state_dir;
+    // The tests run on tokio's paused clock: waits for the storage writer thread must
+    // hold virtual time still.
+    s.storage_wait_on_blocking_pool = true;
     s
 }
 
@@ -115,7 +127,7 @@ impl Cluster {
             local.clone(),
             layout,
             options,
-            Instant::now(),
+            distkv_network::now(),
         ));
         let parts: Parts = assemble(
             engine,
@@ -208,8 +220,10 @@ fn write_load(
                 acked.push(i);
                 count.fetch_add(1, Ordering::SeqCst);
             }
-            if i.is_multiple_of(16) {
-                tokio::task::yield_now().await;
+            // A client's pace: virtual time moves on only while every task waits on a
+            // timer, so a load that never waited would stop the cluster's clock.
+            if i.is_multiple_of(4) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         acked
@@ -238,8 +252,10 @@ fn read_load(
                     missing.push(k);
                 }
             }
-            if i.is_multiple_of(16) {
-                tokio::task::yield_now().await;
+            // A client's pace: virtual time moves on only while every task waits on a
+            // timer, so a load that never waited would stop the cluster's clock.
+            if i.is_multiple_of(4) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
         (answered, missing)
@@ -366,7 +382,7 @@ async fn three_nodes(preload: u64) -> Arc<Cluster> {
     members(&["n0", "n1", "n2"], preload).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_node_joins_under_writes_and_dropped_calls_and_no_acknowledged_key_goes_missing() {
     const PRELOAD: u64 = 1_500;
     let cluster = three_nodes(PRELOAD).await;
@@ -463,7 +479,7 @@ async fn a_node_joins_under_writes_and_dropped_calls_and_no_acknowledged_key_goe
     println!("cleanup: {dropped} copies the old owners gave up were dropped");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_joiner_restarted_mid_stream_resumes_where_it_stood() {
     const PRELOAD: u64 = 2_000;
     let cluster = three_nodes(PRELOAD).await;
@@ -532,7 +548,7 @@ async fn a_joiner_restarted_mid_stream_resumes_where_it_stood() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readable() {
     const PRELOAD: u64 = 1_500;
     let cluster = members(&["n0", "n1", "n2", "n3"], PRELOAD).await;
@@ -579,7 +595,7 @@ async fn a_node_decommissioned_under_writes_leaves_every_acknowledged_key_readab
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_replicates_it() {
     const PRELOAD: u64 = 1_500;
     let cluster = members(&["n0", "n1", "n2", "n3"], PRELOAD).await;
@@ -645,9 +661,23 @@ async fn a_dead_node_removed_under_writes_loses_nothing_and_anti_entropy_re_repl
         }
         passes += 1;
     };
+    let lacking: Vec<(&str, Vec<u64>)> = ["n0", "n1", "n2"]
+        .into_iter()
+        .map(|id| {
+            let node = cluster.node(id).parts.node.clone();
+            let keys = all
+                .iter()
+                .copied()
+                .filter(|&i| node.local_record(&key(i)).ok().flatten().is_none())
+                .take(5)
+                .collect();
+            (id, keys)
+        })
+        .collect();
     assert!(
         complete.iter().all(|h| *h == all.len()),
-        "after {passes} anti-entropy passes the nodes hold {complete:?} of {} keys",
+        "after {passes} anti-entropy passes the nodes hold {complete:?} of {} keys; lacking: \
+         {lacking:?}",
         all.len()
     );
     for via in ["n0", "n1", "n2"] {
@@ -688,7 +718,7 @@ fn assert_no_layout_conflict(cluster: &Cluster) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn changes_asked_through_different_nodes_meet_at_one_authority_one_at_a_time() {
     const PRELOAD: u64 = 1_000;
     // Streams throttled so that a decommission stays in flight for a few seconds.

@@ -382,9 +382,7 @@ impl GossipMembership {
                     match gossip_wire::decode(reply, self.limits) {
                         Ok(message) => {
                             let replies =
-                                self.core
-                                    .lock()
-                                    .on_message(&out.to, message, Instant::now());
+                                self.core.lock().on_message(&out.to, message, crate::now());
                             next = replies.into_iter().next();
                         }
                         Err(reason) => tracing::warn!(
@@ -418,7 +416,7 @@ impl GossipMembership {
     }
 
     async fn gossip_round<T: Transport + ?Sized>(&self, transport: &T, timeout: Duration) {
-        let now = Instant::now();
+        let now = crate::now();
         let outgoing = {
             let mut rng = self.rng.lock();
             self.core.lock().tick(now, &mut || rng.next_u64())
@@ -511,7 +509,7 @@ impl Membership for GossipMembership {
     }
 
     fn liveness(&self, id: &str) -> LivenessView {
-        let now = Instant::now();
+        let now = crate::now();
         let core = self.core.lock();
         if id != self.local.id
             && core.state(id).is_none()

@@ -1,7 +1,7 @@
 //! The ping round that feeds the failure detector: the thin async shell around
 //! [`Membership::record_contact`] and [`Membership::tick`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use distkv_proto::v1::PingRequest;
 
@@ -58,9 +58,9 @@ pub async fn probe_members<M: Membership + ?Sized, T: Transport + ?Sized>(
                 Contact::Failed
             }
         };
-        membership.record_contact(&to.id, contact, Instant::now());
+        membership.record_contact(&to.id, contact, crate::now());
     }
-    membership.tick(Instant::now());
+    membership.tick(crate::now());
     answered
 }
 

@@ -133,7 +133,7 @@ impl Throttle {
     }
 
     pub(crate) async fn pace(&mut self, bytes: u64) {
-        if let Some(until) = self.charge(bytes, Instant::now()) {
+        if let Some(until) = self.charge(bytes, distkv_network::now()) {
             tokio::time::sleep_until(until.into()).await;
         }
     }
@@ -204,7 +204,7 @@ where
             timeout,
             limits,
             settings,
-            started: Instant::now(),
+            started: distkv_network::now(),
             pass: tokio::sync::Mutex::new(PassState {
                 suspects: HashMap::new(),
                 throttle: Throttle::new(settings.max_bytes_per_sec),
@@ -236,7 +236,7 @@ where
     }
 
     async fn run_pass(&self, state: &mut PassState) -> PassReport {
-        let began = Instant::now();
+        let began = distkv_network::now();
         let local = self.membership.local().clone();
         let snapshot = self.placement.current();
         let (ranges, _) = snapshot.ranges_of(&local.id, self.replicas);

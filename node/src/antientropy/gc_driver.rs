@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use distkv_engine::StorageEngine;
 use distkv_network::{Liveness, Membership, NodeInfo, Transport, TransportExt};
@@ -260,7 +260,7 @@ where
     }
 
     async fn run_pass(&self, throttle: &mut Throttle) -> GcReport {
-        let began = Instant::now();
+        let began = distkv_network::now();
         let mut report = GcReport::default();
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut after: Option<Vec<u8>> = None;

@@ -33,7 +33,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use distkv_engine::StorageEngine;
 use distkv_network::{

@@ -468,7 +468,7 @@ impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
             Req::GcPush(r) => self.gc_push(from, r).await.map(Resp::GcPush),
             Req::GcPurge(r) => self.gc_purge(from, r).await.map(Resp::GcPurge),
             Req::Gossip(r) => match &self.membership {
-                Some(m) => m.gossip(from, r, Instant::now()).map(Resp::Gossip),
+                Some(m) => m.gossip(from, r, distkv_network::now()).map(Resp::Gossip),
                 None => Err(HandlerError::Refused(format!(
                     "gossip from {from} refused: this endpoint has no membership to answer it"
                 ))),

@@ -83,6 +83,13 @@ impl<S: StorageEngine + ?Sized> ReplicaStore<S> {
         }
     }
 
+    /// Makes merges wait for the writer thread from tokio's blocking pool (see
+    /// [`crate::NodeSettings::storage_wait_on_blocking_pool`]).
+    pub fn waiting_on_blocking_pool(mut self, on: bool) -> Self {
+        self.writer.wait_on_blocking_pool(on);
+        self
+    }
+
     /// The token of a user key.
     pub fn token_of(&self, key: &[u8]) -> u64 {
         (self.token_of)(key)

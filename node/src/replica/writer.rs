@@ -53,6 +53,8 @@ pub(crate) struct MergePolicy {
 pub(crate) struct StorageWriter {
     tx: Result<mpsc::SyncSender<Task>, String>,
     depth: usize,
+    /// Wait for answers from tokio's blocking pool ([`StorageWriter::wait_on_blocking_pool`]).
+    blocking_wait: bool,
 }
 
 impl StorageWriter {
@@ -78,7 +80,31 @@ impl StorageWriter {
                 Err(msg)
             }
         };
-        StorageWriter { tx, depth }
+        StorageWriter {
+            tx,
+            depth,
+            blocking_wait: false,
+        }
+    }
+
+    /// Makes callers wait for the writer's answers from tokio's blocking pool: under a
+    /// paused tokio clock (in-process tests), a task waiting on the blocking pool keeps
+    /// virtual time from auto-advancing while the writer thread works, where a plain
+    /// await would let every timeout fire at once. Costs a thread hand-off per merge.
+    pub fn wait_on_blocking_pool(&mut self, on: bool) {
+        self.blocking_wait = on;
+    }
+
+    /// The writer's answer on `rx` (`None`: the writer dropped the task).
+    async fn answer<R: Send + 'static>(&self, rx: oneshot::Receiver<R>) -> Option<R> {
+        if self.blocking_wait {
+            tokio::task::spawn_blocking(move || rx.blocking_recv().ok())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            rx.await.ok()
+        }
     }
 
     /// Merges `entries` (by stored key) into local storage; returns once the engine has
@@ -88,8 +114,9 @@ impl StorageWriter {
     pub async fn merge(&self, entries: Vec<Incoming>) -> Result<Vec<Outcome>, NodeError> {
         let (done, rx) = oneshot::channel();
         self.send(Task::Merge(Job { entries, done }))?;
-        rx.await
-            .map_err(|_| {
+        self.answer(rx)
+            .await
+            .ok_or_else(|| {
                 NodeError::Unavailable(
                     "storage writer dropped the write (node shutting down)".into(),
                 )
@@ -110,7 +137,7 @@ impl StorageWriter {
         self.send(Task::Exclusive(Box::new(move || {
             let _ = done.send(f());
         })))?;
-        rx.await.map_err(|_| {
+        self.answer(rx).await.ok_or_else(|| {
             NodeError::Unavailable(
                 "storage writer dropped an exclusive task (it panicked, see the log, or the node is shutting down)".into(),
             )
