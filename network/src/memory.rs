@@ -332,6 +332,7 @@ mod tests {
                     Err(HandlerError::Refused("not served here".into()))
                 }
                 Req::AntiEntropy(_) => Err(HandlerError::Refused("anti-entropy refused".into())),
+                Req::RangeSize(_) => Err(HandlerError::Refused("range size refused".into())),
                 Req::GcPush(_) | Req::GcPurge(_) => {
                     Err(HandlerError::Refused("tombstone GC refused".into()))
                 }

@@ -14,7 +14,8 @@ use distkv_proto::v1::{
     GcPushResponse, GossipRequest, GossipResponse, KeyRecord, LayoutChangeRequest,
     LayoutChangeResponse, LayoutPullRequest, LayoutPullResponse, MergeRequest, MergeResponse,
     OperatorRequest, OperatorResponse, PeerReadRequest, PeerReadResponse, PingRequest,
-    PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest, ReplicateResponse,
+    PingResponse, RangePullRequest, RangePullResponse, RangeSizeRequest, RangeSizeResponse,
+    ReplicateRequest, ReplicateResponse,
 };
 
 use crate::NodeInfo;
@@ -79,6 +80,7 @@ peer_rpcs! {
     Read("read"): PeerReadRequest => PeerReadResponse,
     Ping("ping"): PingRequest => PingResponse,
     RangePull("range_pull"): RangePullRequest => RangePullResponse,
+    RangeSize("range_size"): RangeSizeRequest => RangeSizeResponse,
     Merge("merge"): MergeRequest => MergeResponse,
     Gossip("gossip"): GossipRequest => GossipResponse,
     LayoutPull("layout_pull"): LayoutPullRequest => LayoutPullResponse,

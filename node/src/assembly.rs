@@ -16,6 +16,7 @@ use crate::handoff::{Handoff, HintStore};
 use crate::operator::Operator;
 use crate::placement::{Partitioner, Placement, PlacementSnapshot};
 use crate::rebalance::authority::LayoutChanges;
+use crate::rebalance::removal::{removed_by, Removal, Rereplication};
 use crate::rebalance::Joiner;
 use crate::replica::{MergeObserver, PeerEndpoint, PeerLimits, ReplicaStore, Replicas};
 use crate::supervisor::Supervisor;
@@ -52,6 +53,8 @@ pub struct Assembled<S: StorageEngine + ?Sized, M: Membership, P: Partitioner, T
     pub stop: Arc<tokio::sync::Notify>,
     /// Operator commands (decommission, repair), for this node or forwarded.
     pub operator: Arc<Operator<M, T>>,
+    /// The re-replication after the last removal this node applied.
+    pub rereplication: Arc<Rereplication>,
     settings: NodeSettings,
 }
 
@@ -168,7 +171,18 @@ where
         timeout: settings.request_timeout,
         state_dir: settings.state_dir.clone(),
         current: parking_lot::Mutex::new(None),
+        tree: tree.clone(),
     });
+    let rereplication = {
+        let (placement, id, n) = (
+            placement.clone(),
+            membership.local().id.clone(),
+            settings.replicas,
+        );
+        Arc::new(Rereplication::new(Arc::new(move || {
+            placement.current().ranges_of(&id, n).0
+        })))
+    };
     let stop = Arc::new(tokio::sync::Notify::new());
     let operator = Arc::new(Operator {
         local: membership.local().clone(),
@@ -176,6 +190,7 @@ where
         transport: transport.clone(),
         rebalance: rebalance.clone(),
         repair: antientropy.clone(),
+        rereplication: rereplication.clone(),
         changes: LayoutChanges {
             local: membership.local().clone(),
             membership: membership.clone(),
@@ -186,6 +201,7 @@ where
     });
     peer.set_operator(operator.clone());
     Assembled {
+        rereplication,
         rebalance,
         stop,
         operator,
@@ -289,6 +305,16 @@ where
             "placement-updater",
             follow_layout(self.membership.clone(), self.placement.clone()),
         );
+        let (membership, placement, driver, tracker) = (
+            self.membership.clone(),
+            self.placement.clone(),
+            self.antientropy.clone(),
+            self.rereplication.clone(),
+        );
+        let repair = self.settings.antientropy.enabled;
+        supervisor.spawn("removal-watch", async move {
+            watch_removals(membership, placement, driver, tracker, repair).await;
+        });
         if self.rebalance.needed() {
             let joiner = self.rebalance.clone();
             supervisor.spawn("join", async move {
@@ -297,6 +323,9 @@ where
         }
     }
 }
+
+/// Most anti-entropy passes started after a removal (the scheduled passes go on after).
+const REMOVAL_PASSES: usize = 4;
 
 /// Keys read per step of the anti-entropy tree's rebuild (each step runs between two
 /// merges on the store's writer).
@@ -320,6 +349,74 @@ pub async fn follow_layout<M: Membership, P: Partitioner>(
             Ok(MembershipEvent::LivenessChanged { .. }) => {}
             Err(RecvError::Closed) => break,
         }
+    }
+}
+
+/// Notes every removal this node applies (see [`crate::rebalance::removal`]) and, when
+/// anti-entropy runs, starts a pass once the new placement is installed: the removed
+/// node's ranges are re-replicated now, not one `antientropy.interval` later.
+async fn watch_removals<S, M, P, T>(
+    membership: Arc<M>,
+    placement: Arc<Placement<P>>,
+    driver: Arc<AntiEntropy<S, M, P, T>>,
+    tracker: Arc<Rereplication>,
+    repair: bool,
+) where
+    S: StorageEngine + ?Sized,
+    M: Membership,
+    P: Partitioner,
+    T: Transport,
+{
+    let mut events = membership.subscribe();
+    let mut seen = membership.layout();
+    loop {
+        match events.recv().await {
+            Ok(MembershipEvent::LayoutChanged { .. }) | Err(RecvError::Lagged(_)) => {}
+            Ok(MembershipEvent::LivenessChanged { .. }) => continue,
+            Err(RecvError::Closed) => break,
+        }
+        let now = membership.layout();
+        let removed = removed_by(&seen, &now);
+        seen = now.clone();
+        let Some(node) = removed.into_iter().next() else {
+            continue;
+        };
+        let version = now.version();
+        tracker.note(Removal {
+            node: node.clone(),
+            layout_version: version,
+            at_ms: crate::coordinator::now_micros() / 1000,
+        });
+        tracing::info!(
+            node = %node,
+            version,
+            "a node was removed: its ranges are re-replicated by anti-entropy; `status` shows the progress"
+        );
+        if !repair {
+            continue;
+        }
+        // Bounded wait for the placement updater (it installs within a moment).
+        for _ in 0..100 {
+            if placement.current().version() >= version {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Passes until every range of this node compared clean since the removal (a
+        // pass that repairs a range finds it clean only at the next one), at most a few.
+        let (driver, tracker) = (driver.clone(), tracker.clone());
+        tokio::spawn(async move {
+            for _ in 0..REMOVAL_PASSES {
+                driver.pass_unless_running().await;
+                let done = tracker
+                    .progress(&driver.range_stats())
+                    .is_none_or(|p| p.ranges_clean == p.ranges_total);
+                if done {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 }
 

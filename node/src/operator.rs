@@ -20,6 +20,7 @@ use tonic::Status;
 use crate::antientropy::driver::{PassReport, RangeStats, RepairPass};
 use crate::placement::TokenRange;
 use crate::rebalance::authority::LayoutChanges;
+use crate::rebalance::removal::{RemovalProgress, Rereplication};
 use crate::rebalance::{Decommission, ProgressSummary};
 
 /// How long a forwarded command may run (a decommission streams every range of a node;
@@ -44,6 +45,8 @@ pub trait Operations: Send + Sync + 'static {
     fn range_stats(&self) -> Vec<(TokenRange, RangeStats)>;
     /// This node's join or decommission stream.
     fn progress(&self) -> Option<ProgressSummary>;
+    /// The re-replication after the last removal this node applied.
+    fn removal(&self) -> Option<RemovalProgress>;
 }
 
 /// The operator commands of one node.
@@ -58,6 +61,8 @@ pub struct Operator<M: Membership, T: Transport> {
     pub rebalance: Arc<dyn Decommission>,
     /// Its anti-entropy driver.
     pub repair: Arc<dyn RepairPass>,
+    /// The re-replication after the last removal it applied.
+    pub rereplication: Arc<Rereplication>,
     /// Its way to the layout authority (for removals).
     pub changes: LayoutChanges<M, T>,
     /// Notified to stop the process after a decommission.
@@ -268,6 +273,10 @@ impl<M: Membership, T: Transport> Operations for Operator<M, T> {
 
     fn progress(&self) -> Option<ProgressSummary> {
         self.rebalance.progress()
+    }
+
+    fn removal(&self) -> Option<RemovalProgress> {
+        self.rereplication.progress(&self.repair.range_stats())
     }
 }
 

@@ -21,6 +21,7 @@
 //! tree that is not [ready](HashTree::is_ready) answers no hash query: comparisons must
 //! wait (see `exchange`).
 
+use crate::placement::TokenRange;
 use crate::version::Record;
 
 /// Default number of leaf-segment bits: 2^16 segments.
@@ -355,6 +356,43 @@ impl HashTree {
             .copied()
     }
 
+    /// About how many keys the tree counts in `range` (`None` while not ready): the keys
+    /// of the leaf segments inside it, plus a share of the (at most four) segments its
+    /// ends cut, in proportion to the tokens covered. An estimate for progress reports
+    /// (ranges of a ring span hundreds of segments), never for comparisons.
+    pub fn approx_keys_in(&self, range: TokenRange) -> Option<u64> {
+        if !self.is_ready() {
+            return None;
+        }
+        let leaf = self.shape.leaf_level();
+        let leaves = self.levels.get(leaf as usize)?;
+        let mut parts = Vec::with_capacity(2);
+        if range.start < range.end {
+            parts.push((range.start + 1, range.end));
+        } else {
+            // Wrapping, or the whole ring when start == end.
+            if range.start < u64::MAX {
+                parts.push((range.start + 1, u64::MAX));
+            }
+            parts.push((0, range.end));
+        }
+        let mut total: u128 = 0;
+        for (lo, hi) in parts {
+            for segment in self.shape.segment_of(lo)..=self.shape.segment_of(hi) {
+                let keys = leaves.get(segment as usize).map_or(0, |s| s.keys);
+                if keys == 0 {
+                    continue;
+                }
+                let (a, b) = self.shape.interval(leaf, segment);
+                total += u128::from(keys) * (u128::from(b.min(hi) - a.max(lo)) + 1);
+            }
+        }
+        // Every leaf segment spans the same number of tokens; rounded to the nearest.
+        let (a, b) = self.shape.interval(leaf, 0);
+        let width = u128::from(b - a) + 1;
+        Some(u64::try_from((total + width / 2) / width).unwrap_or(u64::MAX))
+    }
+
     /// The summary of the whole tree; `None` while not ready.
     pub fn root(&self) -> Option<Summary> {
         self.summary(0, 0)
@@ -451,6 +489,44 @@ mod tests {
         let e = Record::write(dot("ab", 1), VersionVector::new(), 1, None);
         let f = Record::write(dot("a", 1), VersionVector::new(), 1, None);
         assert_ne!(item_hash(b"k", &e), item_hash(b"k", &f));
+    }
+
+    #[test]
+    fn keys_in_a_range_are_estimated_from_the_segments_it_covers() {
+        // 16 segments of 2^60 tokens; 10 keys in each of segments 0..8 (none above).
+        let shape = TreeShape::new(4, 2).unwrap();
+        let r = Record::write(dot("a", 1), VersionVector::new(), 1, Some(b"v".to_vec()));
+        let width = 1u64 << 60;
+        let keys: Vec<(Vec<u8>, u64)> = (0..80u64)
+            .map(|i| {
+                (
+                    i.to_be_bytes().to_vec(),
+                    (i / 10) * width + (i % 10) * 7 + 1,
+                )
+            })
+            .collect();
+        let tree = HashTree::rebuild_from(shape, keys.iter().map(|(k, t)| (k.as_slice(), *t, &r)));
+        let range = |start: u64, end: u64| TokenRange { start, end };
+        assert_eq!(tree.approx_keys_in(TokenRange::FULL), Some(80));
+        // Segments 0..4 (the range starts after token 0 of segment 0: one token in 2^60
+        // less, lost in the rounding).
+        assert_eq!(tree.approx_keys_in(range(0, 4 * width - 1)), Some(40));
+        // Half of segment 2: prorated by tokens.
+        assert_eq!(
+            tree.approx_keys_in(range(2 * width - 1, 2 * width + width / 2 - 1)),
+            Some(5)
+        );
+        // Wrapping: segments 15 (empty) and 0 (10 keys).
+        assert_eq!(
+            tree.approx_keys_in(range(15 * width - 1, width - 1)),
+            Some(10)
+        );
+        // Nothing where no key is.
+        assert_eq!(tree.approx_keys_in(range(9 * width, 12 * width)), Some(0));
+        assert_eq!(
+            HashTree::new_rebuilding(shape).approx_keys_in(TokenRange::FULL),
+            None
+        );
     }
 
     #[test]

@@ -656,6 +656,15 @@ async fn run(args: Args) -> Result<u8, Failure> {
                         "records": p.records,
                         "bytes": p.bytes,
                         "resumed": p.resumed,
+                        "records_expected": p.records_expected,
+                        "bytes_expected": p.bytes_expected,
+                    })),
+                    "removal": s.removal.as_ref().map(|r| serde_json::json!({
+                        "node": r.node,
+                        "layout_version": r.layout_version,
+                        "since_ms": r.since_ms,
+                        "ranges_clean": r.ranges_clean,
+                        "ranges_total": r.ranges_total,
                     })),
                     "gc": s.gc.as_ref().map(|g| serde_json::json!({
                         "enabled": g.enabled,
@@ -695,6 +704,21 @@ async fn run(args: Args) -> Result<u8, Failure> {
             ));
             if let Some(p) = &s.rebalance {
                 text.push_str(&format!("change    {}\n", rebalance_line(p)));
+            }
+            if let Some(r) = &s.removal {
+                text.push_str(&format!(
+                    "change    re-replicating after the removal of {} (layout v{}): {}/{} \
+                     ranges compared clean on every live replica since ({})\n",
+                    r.node,
+                    r.layout_version,
+                    r.ranges_clean,
+                    r.ranges_total,
+                    if r.ranges_clean == r.ranges_total {
+                        "done"
+                    } else {
+                        "anti-entropy in progress"
+                    }
+                ));
             }
             if let Some(g) = &s.gc {
                 text.push_str(&format!("gc        {}\n", gc_line(g)));
@@ -769,13 +793,22 @@ fn rebalance_line(p: &distkv_proto::v1::StreamProgress) -> String {
     } else {
         "in flight"
     };
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let records = match p.records_expected {
+        Some(e) if p.ranges_done < p.ranges_total => format!("{} of ~{e} records", p.records),
+        _ => format!("{} records", p.records),
+    };
+    let bytes = match p.bytes_expected {
+        Some(e) if p.ranges_done < p.ranges_total => {
+            format!("{:.1} of ~{:.1} MiB", mib(p.bytes), mib(e))
+        }
+        _ => format!("{:.1} MiB", mib(p.bytes)),
+    };
     format!(
-        "{what} for layout v{}: {state}, {}/{} ranges, {} records, {:.1} MiB{}",
+        "{what} for layout v{}: {state}, {}/{} ranges, {records}, {bytes}{}",
         p.layout_version,
         p.ranges_done,
         p.ranges_total,
-        p.records,
-        p.bytes as f64 / (1024.0 * 1024.0),
         if p.resumed {
             " (resumed after a restart or failure)"
         } else {

@@ -272,7 +272,18 @@ where
                     records: p.records,
                     bytes: p.bytes,
                     resumed: p.resumed,
+                    records_expected: p.records_expected,
+                    bytes_expected: p.bytes_expected,
                 }),
+            removal: self.operations.as_ref().and_then(|o| o.removal()).map(|p| {
+                distkv_proto::v1::RemovalProgress {
+                    node: p.removal.node,
+                    layout_version: p.removal.layout_version,
+                    since_ms: p.removal.at_ms,
+                    ranges_clean: p.ranges_clean as u32,
+                    ranges_total: p.ranges_total as u32,
+                }
+            }),
             gc: self.gc.as_ref().map(|g| {
                 let v = g.view();
                 GcStatus {

@@ -44,15 +44,19 @@ use distkv_network::{
 pub mod authority;
 pub mod cleanup;
 mod progress;
+pub mod removal;
 
 use distkv_proto::v1::{
-    LayoutPullRequest, MergeEntry, MergeRequest, RangePullRequest, WriteOrigin,
+    LayoutPullRequest, MergeEntry, MergeRequest, RangeBounds, RangePullRequest, RangeSizeRequest,
+    WriteOrigin,
 };
 
 pub use progress::{ProgressSummary, StreamKind, StreamProgress, PROGRESS_FILE};
 
+use crate::antientropy::HashTree;
 use crate::coordinator::now_micros;
 use crate::placement::{Partitioner, Placement, TokenRange};
+use crate::replica::MAX_SIZE_RANGES;
 use crate::replica::{checks, Origin, PeerLimits, ReplicaStore};
 use crate::version::Record;
 use authority::LayoutChanges;
@@ -140,6 +144,8 @@ pub struct Joiner<S: StorageEngine + ?Sized, M, P, T> {
     pub state_dir: Option<PathBuf>,
     /// The stream in flight or the last one.
     pub current: parking_lot::Mutex<Option<StreamProgress>>,
+    /// This node's anti-entropy tree (estimates of what a decommission pushes).
+    pub tree: Arc<parking_lot::Mutex<HashTree>>,
 }
 
 impl<S, M, P, T> Joiner<S, M, P, T>
@@ -427,7 +433,8 @@ where
                 None => self.load_saved().await,
             }
         };
-        let progress = plan.resume(saved);
+        let mut progress = plan.resume(saved);
+        self.estimate(&mut progress).await;
         let summary = progress.summary();
         if summary.resumed {
             tracing::info!(
@@ -540,6 +547,66 @@ where
                 ))
             }
         })
+    }
+
+    /// Fills in the estimated records of the transfers that have none: a pull's from
+    /// its source's anti-entropy tree (one `RangeSize` call per source), a push's from
+    /// this node's. What cannot be estimated (a source down or still rebuilding its tree)
+    /// stays unknown, and `status` then shows no total.
+    async fn estimate(&self, progress: &mut StreamProgress) {
+        let missing: Vec<(usize, TokenRange, String)> = progress
+            .transfers()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.expected.is_none())
+            .map(|(i, t)| (i, t.range(), t.peer.clone()))
+            .collect();
+        if progress.kind() == StreamKind::Leave {
+            let tree = self.tree.lock();
+            for (i, range, _) in missing {
+                if let Some(n) = tree.approx_keys_in(range) {
+                    progress.set_expected(i, n);
+                }
+            }
+            return;
+        }
+        let mut by_source: std::collections::BTreeMap<String, Vec<(usize, TokenRange)>> =
+            std::collections::BTreeMap::new();
+        for (i, range, peer) in missing {
+            by_source.entry(peer).or_default().push((i, range));
+        }
+        let layout = self.membership.layout();
+        for (source, wanted) in by_source {
+            let Some(member) = layout.member(&source) else {
+                continue;
+            };
+            let node = NodeInfo {
+                id: member.id.clone(),
+                address: member.address.clone(),
+            };
+            for chunk in wanted.chunks(MAX_SIZE_RANGES) {
+                let request = RangeSizeRequest {
+                    ranges: chunk
+                        .iter()
+                        .map(|(_, r)| RangeBounds {
+                            start: r.start,
+                            end: r.end,
+                        })
+                        .collect(),
+                };
+                match self.transport.call(&node, request, self.timeout).await {
+                    Ok(answer) if answer.ready && answer.records.len() == chunk.len() => {
+                        for ((i, _), n) in chunk.iter().zip(answer.records) {
+                            progress.set_expected(*i, n);
+                        }
+                    }
+                    Ok(_) => {
+                        tracing::debug!(%source, "no size estimate yet (its tree is being rebuilt)")
+                    }
+                    Err(e) => tracing::debug!(%source, "no size estimate: {e}"),
+                }
+            }
+        }
     }
 
     async fn load_saved(&self) -> Option<StreamProgress> {

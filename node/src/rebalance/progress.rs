@@ -59,6 +59,9 @@ pub struct Transfer {
     pub after: Option<Vec<u8>>,
     /// Finished (or skipped: the peer was dead when its turn came).
     pub done: bool,
+    /// About how many records it moves, from an anti-entropy tree (`None`: unknown).
+    #[serde(default)]
+    pub expected: Option<u64>,
 }
 
 impl Transfer {
@@ -88,6 +91,11 @@ pub struct ProgressSummary {
     pub bytes: u64,
     /// Whether the stream resumed saved progress.
     pub resumed: bool,
+    /// Estimated records of the whole stream (`None` until every transfer has one).
+    pub records_expected: Option<u64>,
+    /// Estimated bytes of the whole stream: `records_expected` at the mean size of the
+    /// records moved so far (`None` before the first record).
+    pub bytes_expected: Option<u64>,
 }
 
 /// The progress of one stream (see the module documentation).
@@ -128,6 +136,7 @@ impl StreamProgress {
                     peer,
                     after: None,
                     done: false,
+                    expected: None,
                 })
                 .collect(),
             records: 0,
@@ -155,6 +164,7 @@ impl StreamProgress {
                 carried |= prev.done || prev.after.is_some();
                 t.after = prev.after;
                 t.done = prev.done;
+                t.expected = t.expected.or(prev.expected);
             }
         }
         if carried {
@@ -196,6 +206,13 @@ impl StreamProgress {
         }
     }
 
+    /// Sets the estimated records of transfer `index`.
+    pub fn set_expected(&mut self, index: usize, records: u64) {
+        if let Some(t) = self.transfers.get_mut(index) {
+            t.expected = Some(records);
+        }
+    }
+
     /// Marks transfer `index` done without moving anything (its peer is dead).
     pub fn skip(&mut self, index: usize) {
         if let Some(t) = self.transfers.get_mut(index) {
@@ -214,6 +231,11 @@ impl StreamProgress {
         for t in &self.transfers {
             *ranges.entry((t.start, t.end)).or_insert(true) &= t.done;
         }
+        let records_expected = self
+            .transfers
+            .iter()
+            .map(|t| t.expected)
+            .sum::<Option<u64>>();
         ProgressSummary {
             kind: self.kind.as_str(),
             layout_version: self.version,
@@ -222,6 +244,10 @@ impl StreamProgress {
             records: self.records,
             bytes: self.bytes,
             resumed: self.resumed,
+            records_expected,
+            bytes_expected: records_expected
+                .filter(|_| self.records > 0)
+                .map(|e| (e as u128 * self.bytes as u128 / self.records as u128) as u64),
         }
     }
 

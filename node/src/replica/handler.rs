@@ -15,8 +15,8 @@ use distkv_proto::v1::{
     AntiEntropyRequest, AntiEntropyResponse, GcHeld, GcPurgeRequest, GcPurgeResponse,
     GcPushRequest, GcPushResponse, GossipRequest, GossipResponse, KeyRecord, LayoutChangeRequest,
     LayoutChangeResponse, LayoutPullResponse, MergeRequest, MergeResponse, PeerReadRequest,
-    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, ReplicateRequest,
-    ReplicateResponse,
+    PeerReadResponse, PingResponse, RangePullRequest, RangePullResponse, RangeSizeRequest,
+    RangeSizeResponse, ReplicateRequest, ReplicateResponse,
 };
 
 use super::checks::{self, PeerLimits};
@@ -446,6 +446,51 @@ fn layout_change(
     })
 }
 
+/// Most ranges one `RangeSize` request may name (a ring of 256 virtual nodes on 16
+/// members has 4,096 ranges).
+pub const MAX_SIZE_RANGES: usize = 4096;
+
+impl<S: StorageEngine + ?Sized> PeerEndpoint<S> {
+    /// About how many records this node holds in each range of `request`, from its
+    /// anti-entropy tree (not ready while it is rebuilt, or on an endpoint without one).
+    fn range_size(
+        &self,
+        from: &str,
+        request: RangeSizeRequest,
+    ) -> Result<RangeSizeResponse, HandlerError> {
+        if request.ranges.len() > MAX_SIZE_RANGES {
+            return Err(HandlerError::Refused(format!(
+                "range size request from {from} names {} ranges; at most {MAX_SIZE_RANGES} \
+                 per request",
+                request.ranges.len()
+            )));
+        }
+        let not_ready = RangeSizeResponse {
+            ready: false,
+            records: Vec::new(),
+        };
+        let Some(tree) = &self.tree else {
+            return Ok(not_ready);
+        };
+        let tree = tree.lock();
+        let mut records = Vec::with_capacity(request.ranges.len());
+        for b in &request.ranges {
+            let range = TokenRange {
+                start: b.start,
+                end: b.end,
+            };
+            match tree.approx_keys_in(range) {
+                Some(n) => records.push(n),
+                None => return Ok(not_ready),
+            }
+        }
+        Ok(RangeSizeResponse {
+            ready: true,
+            records,
+        })
+    }
+}
+
 #[async_trait]
 impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
     async fn handle(
@@ -464,6 +509,7 @@ impl<S: StorageEngine + ?Sized + 'static> PeerHandler for PeerEndpoint<S> {
                 generation: self.membership.as_ref().map_or(0, |m| m.generation()),
             })),
             Req::RangePull(r) => self.range_pull(from, r).await.map(Resp::RangePull),
+            Req::RangeSize(r) => self.range_size(from, r).map(Resp::RangeSize),
             Req::AntiEntropy(r) => self.anti_entropy(from, r).await.map(Resp::AntiEntropy),
             Req::GcPush(r) => self.gc_push(from, r).await.map(Resp::GcPush),
             Req::GcPurge(r) => self.gc_purge(from, r).await.map(Resp::GcPurge),
@@ -562,6 +608,38 @@ mod tests {
             Err(HandlerError::Refused(m)) => m,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn range_sizes_come_from_the_tree_and_too_many_ranges_are_refused() {
+        let bounds = |n: usize| RangeSizeRequest {
+            ranges: (0..n as u64)
+                .map(|i| distkv_proto::v1::RangeBounds { start: i, end: i })
+                .collect(),
+        };
+        // No tree: not ready, nothing estimated.
+        let peer = endpoint();
+        match peer.handle("a", Req::RangeSize(bounds(2))).await {
+            Ok(Resp::RangeSize(r)) => assert!(!r.ready && r.records.is_empty(), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+        // A ready tree of an empty store: zero per range, one answer per range.
+        let tree = Arc::new(parking_lot::Mutex::new(HashTree::new(
+            crate::antientropy::TreeShape::default(),
+        )));
+        let peer = endpoint().with_antientropy(tree);
+        match peer.handle("a", Req::RangeSize(bounds(3))).await {
+            Ok(Resp::RangeSize(r)) => assert_eq!((r.ready, r.records), (true, vec![0, 0, 0])),
+            other => panic!("{other:?}"),
+        }
+        let m = refused(
+            peer.handle("a", Req::RangeSize(bounds(MAX_SIZE_RANGES + 1)))
+                .await,
+        );
+        assert!(
+            m.contains("4097 ranges") && m.contains("at most 4096"),
+            "{m}"
+        );
     }
 
     #[tokio::test]

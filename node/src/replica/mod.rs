@@ -25,7 +25,7 @@ use distkv_proto::v1::{
 };
 
 pub use checks::PeerLimits;
-pub use handler::{MembershipCalls, PeerEndpoint};
+pub use handler::{MembershipCalls, PeerEndpoint, MAX_SIZE_RANGES};
 pub use queues::Entries;
 use queues::{ReadBatcher, SendBatch, SendReads, WriteBatcher};
 pub use store::{RangePage, ReplicaStore};
