@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use distkv_proto::v1::Consistency;
 
+use crate::stores::{StoreKind, NOT_COMPILED_IN};
 use crate::workload::{Distribution, Workload};
 
 /// Largest key space accepted (computing the zipfian constant is linear in it).
@@ -25,6 +26,11 @@ pub const MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
     about = "Load generator for a DistKV cluster (YCSB-style workloads)"
 )]
 pub struct Args {
+    /// Store to drive: distkv, or for side-by-side comparisons with the same workload and
+    /// report etcd (v3 KV API: linearizable Range, Put) or redis (GET, SET; needs the
+    /// `peers` build feature). --targets are that store's client endpoints.
+    #[arg(long, value_enum, default_value_t = StoreKind::Distkv)]
+    pub store: StoreKind,
     /// Nodes to send requests to, HOST:PORT,HOST:PORT,...; clients are spread over them
     /// round-robin. Must be loopback addresses unless --allow-remote is given.
     #[arg(
@@ -231,6 +237,23 @@ pub fn validate(
     }
     if args.key_prefix.is_empty() {
         return Err(Failure::usage("--key-prefix must not be empty"));
+    }
+    if !args.store.compiled_in() {
+        return Err(Failure::usage(NOT_COMPILED_IN));
+    }
+    if args.store != StoreKind::Distkv {
+        if args.consistency != Level::Default {
+            return Err(Failure::usage(format!(
+                "--consistency applies to --store distkv only ({}); leave it out",
+                args.store.note()
+            )));
+        }
+        if args.tls_enabled {
+            return Err(Failure::usage(format!(
+                "--tls-enabled is supported for --store distkv only; drive {} over plain TCP on loopback",
+                args.store.name()
+            )));
+        }
     }
     let output = match &args.output {
         None => None,
@@ -470,6 +493,90 @@ mod tests {
             "--connection-per-client",
         ]);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn the_store_defaults_to_distkv_and_other_stores_refuse_distkv_only_options() {
+        let c = validate(args(&["--targets", "127.0.0.1:1", "--ops", "5"]), literal).unwrap();
+        assert_eq!(c.args.store, StoreKind::Distkv);
+        let c = validate(
+            args(&[
+                "--store",
+                "etcd",
+                "--targets",
+                "127.0.0.1:2379",
+                "--ops",
+                "5",
+            ]),
+            literal,
+        )
+        .unwrap();
+        assert_eq!(c.args.store, StoreKind::Etcd);
+        let f = refusal(&[
+            "--store",
+            "etcd",
+            "--targets",
+            "127.0.0.1:2379",
+            "--ops",
+            "5",
+            "--consistency",
+            "one",
+        ]);
+        assert_eq!(f.code, 2);
+        assert!(f.message.contains("--consistency"), "{}", f.message);
+        assert!(f.message.contains("linearizable"), "{}", f.message);
+        let f = refusal(&[
+            "--store",
+            "etcd",
+            "--targets",
+            "127.0.0.1:2379",
+            "--ops",
+            "5",
+            "--tls-enabled",
+        ]);
+        assert!(f.message.contains("--tls-enabled"), "{}", f.message);
+        // Loopback-only holds for every store.
+        let f = refusal(&[
+            "--store",
+            "etcd",
+            "--targets",
+            "10.0.0.1:2379",
+            "--ops",
+            "5",
+        ]);
+        assert!(f.message.contains("--allow-remote"), "{}", f.message);
+        assert!(Args::try_parse_from([
+            "distkv-bench",
+            "--store",
+            "cassandra",
+            "--targets",
+            "127.0.0.1:1",
+            "--ops",
+            "5"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn redis_needs_the_peers_feature() {
+        let r = validate(
+            args(&[
+                "--store",
+                "redis",
+                "--targets",
+                "127.0.0.1:6379",
+                "--ops",
+                "5",
+            ]),
+            literal,
+        );
+        if cfg!(feature = "peers") {
+            assert_eq!(r.expect("accepted").args.store, StoreKind::Redis);
+        } else {
+            let f = r.expect_err("refused without the feature");
+            assert_eq!(f.code, 2);
+            assert!(f.message.contains("--features peers"), "{}", f.message);
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `distkv-bench`: a YCSB-style load generator for a DistKV cluster.
+//! `distkv-bench`: a YCSB-style load generator for a DistKV cluster, which can also drive
+//! etcd and Redis with the same workload and report (`--store`, see `stores`).
 //!
 //! `C` concurrent clients (tokio tasks) send `Get`/`Put` requests to the nodes named by
 //! `--targets` (and only those: it never discovers other members), for a bounded time
@@ -13,6 +14,7 @@
 mod cli;
 mod runner;
 mod stats;
+mod stores;
 mod workload;
 
 use std::process::ExitCode;

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use distkv_proto::v1::key_value_client::KeyValueClient;
-use distkv_proto::v1::{BatchPutRequest, GetRequest, KeyValuePair, PutRequest, StatusRequest};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::cli::{Config, Failure};
-use crate::stats::{self, Report, Stats};
+use crate::stats::{Report, Stats};
+use crate::stores::{self, Conn, OpError};
 use crate::workload::{KeyChooser, KeyNames, Op, Workload};
 
 /// Bytes of values per preload `BatchPut`, at most.
@@ -35,97 +33,6 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// Opens the channels of each target (`--connections`, or one per client with
-/// `--connection-per-client`) and checks that each target answers `Status`.
-pub async fn connect_all(config: &Config) -> Result<Vec<Vec<KeyValueClient<Channel>>>, Failure> {
-    let args = &config.args;
-    let mut all = Vec::with_capacity(config.targets.len());
-    if config.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
-        eprintln!("distkv-bench: warning: --tls-insecure-skip-verify: the nodes' certificates are not checked");
-    }
-    for (index, target) in config.targets.iter().enumerate() {
-        let count = args.channels_for_target(index, config.targets.len());
-        let mut channels = Vec::with_capacity(count);
-        // Certificates are checked against the target's host unless --tls-server-name.
-        let tls = match &config.tls {
-            None => None,
-            Some(options) => {
-                let host = target
-                    .name
-                    .rsplit_once(':')
-                    .map_or(target.name.as_str(), |(h, _)| h);
-                let options = distkv_network::tls::ClientTlsOptions {
-                    server_name: options.server_name.clone().or(Some(host.to_string())),
-                    ..options.clone()
-                };
-                Some(
-                    distkv_network::tls::client_connector(&options)
-                        .map_err(|e| Failure::usage(e.0))?,
-                )
-            }
-        };
-        // The first connection finds an address that answers; the others reuse it.
-        let mut candidates = target.addrs.clone();
-        for _ in 0..count {
-            let mut last_error = String::from("no address");
-            let mut connected = None;
-            for (i, addr) in candidates.iter().enumerate() {
-                let endpoint = Channel::from_shared(format!("http://{addr}"))
-                    .map_err(|e| Failure::usage(format!("target {}: {e}", target.name)))?
-                    .connect_timeout(args.timeout.min(Duration::from_secs(5)))
-                    .tcp_nodelay(true);
-                let attempt = match &tls {
-                    Some(connector) => endpoint.connect_with_connector(connector.clone()).await,
-                    None => endpoint.connect().await,
-                };
-                match attempt {
-                    Ok(channel) => {
-                        connected = Some((i, channel));
-                        break;
-                    }
-                    Err(e) => last_error = format!("{addr}: {}", root_cause(&e)),
-                }
-            }
-            let Some((i, channel)) = connected else {
-                return Err(Failure::unreachable(format!(
-                    "cannot connect to target {} ({last_error}) (is distkv-server running there?)",
-                    target.name
-                )));
-            };
-            candidates = vec![candidates[i]];
-            channels.push(
-                KeyValueClient::new(channel)
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX),
-            );
-        }
-        let mut first = channels[0].clone();
-        let status = within(args.timeout, first.status(StatusRequest {}))
-            .await
-            .map_err(|s| {
-                Failure::unreachable(format!(
-                    "target {} does not answer as a DistKV node: {} {}",
-                    target.name,
-                    stats::code_name(s.code()),
-                    s.message().lines().next().unwrap_or("")
-                ))
-            })?;
-        eprintln!(
-            "distkv-bench: target {} is node {:?} (N={} R={} W={}, {} members, engine {}), {} connection(s) to it",
-            target.name,
-            status.node_id,
-            status.replicas,
-            status.read_quorum,
-            status.write_quorum,
-            status.members.len(),
-            status.storage_engine,
-            channels.len()
-        );
-        all.push(channels);
-    }
-    Ok(all)
-}
-
 /// Counters shared by the clients of one phase, read by the progress line.
 #[derive(Default)]
 pub struct Progress {
@@ -143,7 +50,6 @@ pub struct Shared {
     chooser: KeyChooser,
     names: KeyNames,
     value_size: usize,
-    consistency: i32,
     /// Deadline of each request.
     timeout: Duration,
     /// Next insert number (shared by warm-up and measured phases, so keys never repeat).
@@ -196,63 +102,51 @@ pub async fn within<T>(
     }
 }
 
+/// Awaits a store request for at most `limit`; past it the request is dropped (cancelled)
+/// and counted as `DEADLINE_EXCEEDED client timeout`, for every store alike.
+pub async fn timed<T>(
+    limit: Duration,
+    request: impl std::future::Future<Output = Result<T, OpError>>,
+) -> Result<T, OpError> {
+    match tokio::time::timeout(limit, request).await {
+        Ok(answer) => answer,
+        Err(_) => Err(OpError("DEADLINE_EXCEEDED client timeout".to_string())),
+    }
+}
+
 /// Runs one operation within `limit` per request; `Ok` carries whether a read found nothing and whether it saw
 /// siblings.
 pub async fn one_op(
-    kv: &mut KeyValueClient<Channel>,
+    conn: &mut Conn,
     shared: &Shared,
     limit: Duration,
     op: Op,
     rng: &mut SmallRng,
     value: &Bytes,
-) -> Result<(bool, bool), tonic::Status> {
+) -> Result<(bool, bool), OpError> {
     match op {
         Op::Read => {
             let key = shared.names.existing(shared.chooser.next(rng));
-            let get = kv.get(GetRequest {
-                key: key.into(),
-                consistency: shared.consistency,
-            });
-            let r = within(limit, get).await?;
-            Ok((!r.found, r.values.len() > 1))
+            let r = timed(limit, conn.get(key.into())).await?;
+            Ok((!r.found, r.siblings))
         }
         Op::Update => {
             let key: Bytes = shared.names.existing(shared.chooser.next(rng)).into();
-            let get = kv.get(GetRequest {
-                key: key.clone(),
-                consistency: shared.consistency,
-            });
-            let r = within(limit, get).await?;
-            let put = kv.put(PutRequest {
-                key,
-                value: value.clone(),
-                context: r.context,
-                consistency: shared.consistency,
-            });
-            within(limit, put).await?;
+            let r = timed(limit, conn.get(key.clone())).await?;
+            timed(limit, conn.put(key, value.clone(), r.context)).await?;
             Ok((false, false))
         }
         Op::Insert => {
             let n = shared.next_insert.fetch_add(1, Ordering::Relaxed);
-            let put = kv.put(PutRequest {
-                key: shared.names.inserted(n).into(),
-                value: value.clone(),
-                context: Bytes::new(),
-                consistency: shared.consistency,
-            });
-            within(limit, put).await?;
+            let key = shared.names.inserted(n).into();
+            timed(limit, conn.put(key, value.clone(), Bytes::new())).await?;
             Ok((false, false))
         }
     }
 }
 
 /// One client: runs operations until the phase's bounds say stop.
-pub async fn client(
-    id: usize,
-    mut kv: KeyValueClient<Channel>,
-    shared: Arc<Shared>,
-    phase: Arc<Phase>,
-) -> Stats {
+pub async fn client(id: usize, mut conn: Conn, shared: Arc<Shared>, phase: Arc<Phase>) -> Stats {
     let mut rng = SmallRng::seed_from_u64(
         shared
             .seed
@@ -263,14 +157,14 @@ pub async fn client(
     while phase.claim() {
         let op = shared.workload.next_op(&mut rng);
         let start = Instant::now();
-        match one_op(&mut kv, &shared, shared.timeout, op, &mut rng, &value).await {
+        match one_op(&mut conn, &shared, shared.timeout, op, &mut rng, &value).await {
             Ok((not_found, siblings)) => {
                 stats.success(op, start.elapsed());
                 stats.not_found += u64::from(not_found);
                 stats.siblings += u64::from(siblings);
             }
-            Err(status) => {
-                stats.failure(op, &status);
+            Err(OpError(kind)) => {
+                stats.failure(op, &kind);
                 phase.progress.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -306,7 +200,7 @@ pub fn spawn_progress(phase: Arc<Phase>, start: Instant) -> tokio::task::JoinHan
 
 /// Runs one phase with every client; returns the merged stats and the phase's length.
 pub async fn run_phase(
-    channels: &[Vec<KeyValueClient<Channel>>],
+    channels: &[Vec<Conn>],
     clients: usize,
     shared: &Arc<Shared>,
     phase: Phase,
@@ -318,8 +212,13 @@ pub async fn run_phase(
     for id in 0..clients {
         // Round-robin over targets, then over each target's channels.
         let per_target = &channels[id % channels.len()];
-        let kv = per_target[(id / channels.len()) % per_target.len()].clone();
-        tasks.push(tokio::spawn(client(id, kv, shared.clone(), phase.clone())));
+        let conn = per_target[(id / channels.len()) % per_target.len()].clone();
+        tasks.push(tokio::spawn(client(
+            id,
+            conn,
+            shared.clone(),
+            phase.clone(),
+        )));
     }
     let mut stats = Stats::default();
     let mut panicked = 0;
@@ -340,9 +239,10 @@ pub async fn run_phase(
     Ok((stats, elapsed))
 }
 
-/// Writes every key of the key space with `BatchPut`s, `clients` batches at a time.
+/// Writes every key of the key space in batches (DistKV `BatchPut`, an etcd transaction,
+/// Redis `MSET`), `clients` batches at a time (at most 16).
 pub async fn preload(
-    channels: &[Vec<KeyValueClient<Channel>>],
+    channels: &[Vec<Conn>],
     config: &Config,
     shared: &Arc<Shared>,
 ) -> Result<(), Failure> {
@@ -362,7 +262,7 @@ pub async fn preload(
     let concurrency = args.clients.min(PRELOAD_CONCURRENCY).min(batches as usize);
     for id in 0..concurrency {
         let per_target = &channels[id % channels.len()];
-        let mut kv = per_target[(id / channels.len()) % per_target.len()].clone();
+        let mut conn = per_target[(id / channels.len()) % per_target.len()].clone();
         let (next, written, shared) = (next.clone(), written.clone(), shared.clone());
         let keys = args.keys;
         tasks.push(tokio::spawn(async move {
@@ -374,27 +274,19 @@ pub async fn preload(
                     return Ok(());
                 }
                 let range = (b * per_batch)..((b + 1) * per_batch).min(keys);
-                let entries: Vec<KeyValuePair> = range
+                let entries: Vec<(Bytes, Bytes)> = range
                     .clone()
-                    .map(|i| KeyValuePair {
-                        key: shared.names.existing(i).into(),
-                        value: value.clone(),
-                        context: Bytes::new(),
-                    })
+                    .map(|i| (shared.names.existing(i).into(), value.clone()))
                     .collect();
                 let n = entries.len() as u64;
-                let call = kv.batch_put(BatchPutRequest {
-                    entries,
-                    consistency: shared.consistency,
-                });
-                within(limit, call).await.map_err(|s| {
-                    format!(
-                        "preload of keys {}..{} failed: {}",
-                        range.start,
-                        range.end,
-                        stats::error_kind(&s)
-                    )
-                })?;
+                timed(limit, conn.put_many(entries))
+                    .await
+                    .map_err(|OpError(kind)| {
+                        format!(
+                            "preload of keys {}..{} failed: {kind}",
+                            range.start, range.end
+                        )
+                    })?;
                 written.fetch_add(n, Ordering::Relaxed);
             }
         }));
@@ -442,7 +334,7 @@ pub async fn preload(
 /// The whole run after validation.
 pub async fn run(config: Config) -> Result<Report, Failure> {
     let args = &config.args;
-    let channels = connect_all(&config).await?;
+    let channels = stores::connect_all(&config).await?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -455,7 +347,6 @@ pub async fn run(config: Config) -> Result<Report, Failure> {
         chooser: KeyChooser::new(args.distribution, args.keys),
         names: KeyNames::new(&args.key_prefix, seed),
         value_size: args.value_size,
-        consistency: args.consistency.wire(),
         timeout: args.timeout,
         next_insert: AtomicU64::new(0),
         seed,
@@ -494,6 +385,8 @@ pub async fn run(config: Config) -> Result<Report, Failure> {
     };
     let (stats, elapsed) = run_phase(&channels, args.clients, &shared, phase).await?;
     let settings = json!({
+        "store": args.store.name(),
+        "store_note": args.store.note(),
         "targets": config.targets.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
         "clients": args.clients,
         "connection_per_client": args.connection_per_client,
@@ -556,6 +449,14 @@ mod tests {
             .block_on(within(Duration::from_secs(5), never))
             .expect_err("must time out");
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
-        assert_eq!(stats::error_kind(&err), "DEADLINE_EXCEEDED client timeout");
+        assert_eq!(
+            crate::stats::error_kind(&err),
+            "DEADLINE_EXCEEDED client timeout"
+        );
+        let never = std::future::pending::<Result<(), OpError>>();
+        let err = rt
+            .block_on(timed(Duration::from_secs(5), never))
+            .expect_err("must time out");
+        assert_eq!(err, OpError("DEADLINE_EXCEEDED client timeout".into()));
     }
 }

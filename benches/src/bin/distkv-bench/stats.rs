@@ -50,10 +50,15 @@ impl Stats {
         self.latency[op.index()].saturating_record(us.max(1));
     }
 
-    /// Records a failed operation.
-    pub fn failure(&mut self, op: Op, status: &tonic::Status) {
+    /// Records a failed operation of class `kind` (see [`error_kind`] and [`classify`]).
+    pub fn failure(&mut self, op: Op, kind: &str) {
         self.errors_by_op[op.index()] += 1;
-        *self.errors.entry(error_kind(status)).or_insert(0) += 1;
+        match self.errors.get_mut(kind) {
+            Some(n) => *n += 1,
+            None => {
+                self.errors.insert(kind.to_string(), 1);
+            }
+        }
     }
 
     /// Adds `other` into `self`.
@@ -112,15 +117,17 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// A short, stable class of an error for counting: the gRPC code and the message up to
-/// its first `:` `;` `(` or newline, digits folded to `N`, at most 48 characters; e.g.
+/// A short, stable class of a gRPC error for counting: the gRPC code and the message up
+/// to its first `:` `;` `(` or newline, digits folded to `N`, at most 48 characters; e.g.
 /// `UNAVAILABLE quorum not reached` for "quorum not reached: 1 of 2 acknowledged; ...".
 pub fn error_kind(status: &tonic::Status) -> String {
-    let head = status
-        .message()
-        .split([':', ';', '(', '\n'])
-        .next()
-        .unwrap_or("");
+    classify(code_name(status.code()), status.message())
+}
+
+/// `prefix` and the head of `message` (up to its first `:` `;` `(` or newline, digits
+/// folded to `N`, at most 48 characters), or `prefix` alone if that head is empty.
+pub fn classify(prefix: &str, message: &str) -> String {
+    let head = message.split([':', ';', '(', '\n']).next().unwrap_or("");
     let mut class = String::new();
     let mut last_digit = false;
     for c in head.trim().chars() {
@@ -139,9 +146,9 @@ pub fn error_kind(status: &tonic::Status) -> String {
     }
     let class = class.trim();
     if class.is_empty() {
-        code_name(status.code()).to_string()
+        prefix.to_string()
     } else {
-        format!("{} {class}", code_name(status.code()))
+        format!("{prefix} {class}")
     }
 }
 
@@ -212,6 +219,12 @@ impl Report {
     /// Human-readable report.
     pub fn text(&self) -> String {
         let mut out = String::new();
+        if let (Some(store), Some(note)) = (
+            self.settings["store"].as_str(),
+            self.settings["store_note"].as_str(),
+        ) {
+            out.push_str(&format!("store {store}: {note}\n"));
+        }
         out.push_str(&format!(
             "{} ops in {:.2} s: {:.0} ops/s, {} errors, {} reads not found, {} reads with siblings\n",
             self.stats.total_ops(),
@@ -318,6 +331,11 @@ mod tests {
         assert_eq!(error_kind(&s), "DEADLINE_EXCEEDED");
         let s = tonic::Status::internal("disk 12 failed after 345 ms");
         assert_eq!(error_kind(&s), "INTERNAL disk N failed after N ms");
+        assert_eq!(classify("REDIS Io", ""), "REDIS Io");
+        assert_eq!(
+            classify("REDIS Server(ResponseError)", "OOM used memory > 1024: x"),
+            "REDIS Server(ResponseError) OOM used memory > N"
+        );
     }
 
     #[test]
@@ -330,7 +348,7 @@ mod tests {
         b.success(Op::Update, Duration::from_micros(1000));
         b.failure(
             Op::Update,
-            &tonic::Status::unavailable("quorum not reached: 0 of 2"),
+            &error_kind(&tonic::Status::unavailable("quorum not reached: 0 of 2")),
         );
         a.merge(&b);
         let report = Report {
