@@ -283,7 +283,10 @@ impl Lsm {
                 ..BgState::default()
             }),
             bg_cv: Condvar::new(),
-            cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
+            cache: Arc::new(BlockCache::with_raw_blocks(
+                options.block_cache_bytes,
+                options.cache_raw_blocks,
+            )),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),

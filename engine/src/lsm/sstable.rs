@@ -20,7 +20,7 @@ use bloomfilter::Bloom;
 use memmap2::Mmap;
 
 use super::cache::BlockCache;
-use super::codec::{self, Cursor, Entry};
+use super::codec::{self, Cursor, Entry, Value};
 use super::filter::KeyFilter;
 use super::manifest::FileMeta;
 use super::merge::EntryIter;
@@ -303,14 +303,30 @@ impl Table {
         })
     }
 
-    fn data_block(&self, i: usize, cache: &BlockCache) -> Result<Arc<Vec<u8>>> {
+    /// Data block `i`. A raw (uncompressed) block is read in place from the memory map,
+    /// its checksum checked on every read, unless the cache is asked to hold raw blocks
+    /// too; a compressed one comes from the cache or is checked, decompressed and cached.
+    fn data_block(&self, i: usize, cache: &BlockCache) -> Result<Block> {
         let ie = &self.index[i];
+        if !cache.caches_raw_blocks() {
+            if let Some(range) = mapped_raw_block(&self.path, &self.mmap, ie.offset, ie.len)? {
+                return Ok(Block::Mapped(range));
+            }
+        }
         if let Some(b) = cache.get(self.id, ie.offset) {
-            return Ok(b);
+            return Ok(Block::Cached(b));
         }
         let b = Arc::new(read_block(&self.path, &self.mmap, ie.offset, ie.len)?);
         cache.insert(self.id, ie.offset, b.clone());
-        Ok(b)
+        Ok(Block::Cached(b))
+    }
+
+    /// The bytes of `block`, a block of this table.
+    fn bytes<'a>(&'a self, block: &'a Block) -> &'a [u8] {
+        match block {
+            Block::Cached(b) => b,
+            Block::Mapped(r) => &self.mmap[r.clone()],
+        }
     }
 
     /// False when the Bloom filter proves `key` absent.
@@ -332,14 +348,16 @@ impl Table {
         }
     }
 
-    /// The entry stored for `key`, if any (the Bloom filter is not consulted here).
-    pub fn get(&self, key: &[u8], cache: &BlockCache) -> Result<Option<Entry>> {
+    /// The sequence number and value stored for `key`, if any (the Bloom filter is not
+    /// consulted here).
+    pub fn get(&self, key: &[u8], cache: &BlockCache) -> Result<Option<(u64, Value)>> {
         let i = self.block_for(key);
         if i >= self.index.len() {
             return Ok(None);
         }
         let block = self.data_block(i, cache)?;
-        let mut c = Cursor::new(&block);
+        let block = self.bytes(&block);
+        let mut c = Cursor::new(block);
         while !c.is_empty() {
             let at = c.pos();
             let k = codec::skip_entry_key(&mut c).ok_or_else(|| self.corrupt_entry(i))?;
@@ -348,7 +366,7 @@ impl Table {
                 std::cmp::Ordering::Greater => return Ok(None),
                 std::cmp::Ordering::Equal => {
                     let mut c = Cursor::new(&block[at..]);
-                    return codec::decode_entry(&mut c)
+                    return codec::decode_entry_value(&mut c)
                         .map(Some)
                         .ok_or_else(|| self.corrupt_entry(i));
                 }
@@ -374,12 +392,20 @@ impl Table {
     }
 }
 
+/// A data block being read: decompressed in the cache, or in place in the table's map.
+pub(crate) enum Block {
+    Cached(Arc<Vec<u8>>),
+    /// The byte range of a raw block's entries in the table's memory map (checksum
+    /// already checked).
+    Mapped(std::ops::Range<usize>),
+}
+
 /// A forward iterator over one table.
 pub(crate) struct TableIter {
     table: Arc<Table>,
     cache: Arc<BlockCache>,
     block: usize,
-    data: Option<Arc<Vec<u8>>>,
+    data: Option<Block>,
     pos: usize,
     start: Bound<Vec<u8>>,
 }
@@ -387,7 +413,7 @@ pub(crate) struct TableIter {
 impl EntryIter for TableIter {
     fn next_entry(&mut self) -> Result<Option<Entry>> {
         loop {
-            let Some(data) = self.data.as_deref() else {
+            let Some(data) = self.data.as_ref().map(|b| self.table.bytes(b)) else {
                 if self.block >= self.table.index.len() {
                     return Ok(None);
                 }
@@ -492,6 +518,39 @@ pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, 
     Ok((index, bloom, bloom_bytes))
 }
 
+/// When the block at `offset` is raw: the range of its entries in `mmap`, after
+/// checking its bounds and checksum. `None` for a compressed block (nothing checked).
+fn mapped_raw_block(
+    path: &Path,
+    mmap: &[u8],
+    offset: u64,
+    len: u64,
+) -> Result<Option<std::ops::Range<usize>>> {
+    let start = offset as usize;
+    let end = start.checked_add(len as usize);
+    let kind = match end {
+        Some(end) if len >= TRAILER_LEN as u64 && end <= mmap.len().saturating_sub(FOOTER_LEN) => {
+            mmap[end - TRAILER_LEN]
+        }
+        // Out of bounds: read_block reports it.
+        _ => return Ok(None),
+    };
+    if kind != KIND_RAW {
+        return Ok(None);
+    }
+    let end = start + len as usize;
+    let body = &mmap[start..end - 4];
+    let crc = u32::from_le_bytes([mmap[end - 4], mmap[end - 3], mmap[end - 2], mmap[end - 1]]);
+    if crc32fast::hash(body) != crc {
+        return Err(Error::Corruption {
+            path: path.to_path_buf(),
+            offset,
+            detail: "block checksum mismatch".into(),
+        });
+    }
+    Ok(Some(start..end - TRAILER_LEN))
+}
+
 /// Reads, checks and decompresses the block at `offset`.
 pub(crate) fn read_block(path: &Path, mmap: &[u8], offset: u64, len: u64) -> Result<Vec<u8>> {
     let corrupt = |detail: &str| Error::Corruption {
@@ -533,8 +592,6 @@ pub(crate) fn read_block(path: &Path, mmap: &[u8], offset: u64, len: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::lsm::codec::Value;
 
     fn is_tombstone(v: &Value) -> bool {
         matches!(v, Value::Tombstone { .. })
@@ -581,14 +638,12 @@ mod tests {
             );
             let t = Arc::new(Table::open(dir.path(), 7).unwrap());
             let cache = Arc::new(BlockCache::new(1 << 20));
-            let e = t.get(b"k00042", &cache).unwrap().unwrap();
+            let (_, value) = t.get(b"k00042", &cache).unwrap().unwrap();
             assert_eq!(
-                e.value,
+                value,
                 Value::Put(format!("value-42-{}", "x".repeat(20)).into_bytes())
             );
-            assert!(is_tombstone(
-                &t.get(b"k00043", &cache).unwrap().unwrap().value
-            ));
+            assert!(is_tombstone(&t.get(b"k00043", &cache).unwrap().unwrap().1));
             assert!(t.get(b"k00042a", &cache).unwrap().is_none());
             assert!(t.get(b"zzz", &cache).unwrap().is_none());
             assert!(t.may_contain(b"k00001"));
@@ -655,9 +710,9 @@ mod tests {
         for i in (0..300).filter(|i| i % 10 != 3) {
             let k = format!("k{i:05}");
             assert!(t.may_contain(k.as_bytes()));
-            let e = t.get(k.as_bytes(), &cache).unwrap().unwrap();
+            let (_, value) = t.get(k.as_bytes(), &cache).unwrap().unwrap();
             assert_eq!(
-                e.value,
+                value,
                 Value::Put(format!("value-{i}-{}", "x".repeat(20)).into_bytes())
             );
         }
