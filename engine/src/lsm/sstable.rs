@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bloomfilter::Bloom;
@@ -281,6 +282,8 @@ pub(crate) struct Table {
     bloom: Filter,
     /// Size of the serialised Bloom filter, for statistics.
     pub bloom_bytes: u64,
+    /// One bit per data block: set once a raw block's checksum was checked in the map.
+    raw_checked: Box<[AtomicU64]>,
 }
 
 impl Table {
@@ -293,6 +296,9 @@ impl Table {
         // change under us. Every read is bounds- and checksum-checked.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let (index, bloom, bloom_bytes) = parse_table(&path, &mmap)?;
+        let raw_checked = (0..index.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
         Ok(Table {
             id,
             path,
@@ -300,16 +306,25 @@ impl Table {
             index,
             bloom,
             bloom_bytes,
+            raw_checked,
         })
     }
 
-    /// Data block `i`. A raw (uncompressed) block is read in place from the memory map,
-    /// its checksum checked on every read, unless the cache is asked to hold raw blocks
-    /// too; a compressed one comes from the cache or is checked, decompressed and cached.
+    /// Data block `i`. A raw (uncompressed) block is read in place from the memory map
+    /// (unless the cache is asked to hold raw blocks too), its checksum checked the
+    /// first time this open table reads it, as a block entering the cache is checked
+    /// once; a compressed one comes from the cache or is checked, decompressed and
+    /// cached.
     fn data_block(&self, i: usize, cache: &BlockCache) -> Result<Block> {
         let ie = &self.index[i];
         if !cache.caches_raw_blocks() {
-            if let Some(range) = mapped_raw_block(&self.path, &self.mmap, ie.offset, ie.len)? {
+            let (word, bit) = (&self.raw_checked[i / 64], 1u64 << (i % 64));
+            let checked = word.load(Ordering::Relaxed) & bit != 0;
+            let mapped = mapped_raw_block(&self.path, &self.mmap, ie.offset, ie.len, checked)?;
+            if let Some(range) = mapped {
+                if !checked {
+                    word.fetch_or(bit, Ordering::Relaxed);
+                }
                 return Ok(Block::Mapped(range));
             }
         }
@@ -519,12 +534,14 @@ pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, 
 }
 
 /// When the block at `offset` is raw: the range of its entries in `mmap`, after
-/// checking its bounds and checksum. `None` for a compressed block (nothing checked).
+/// checking its bounds and (unless `checked` says it was checked before) its checksum.
+/// `None` for a compressed block (nothing checked).
 fn mapped_raw_block(
     path: &Path,
     mmap: &[u8],
     offset: u64,
     len: u64,
+    checked: bool,
 ) -> Result<Option<std::ops::Range<usize>>> {
     let start = offset as usize;
     let end = start.checked_add(len as usize);
@@ -539,6 +556,9 @@ fn mapped_raw_block(
         return Ok(None);
     }
     let end = start + len as usize;
+    if checked {
+        return Ok(Some(start..end - TRAILER_LEN));
+    }
     let body = &mmap[start..end - 4];
     let crc = u32::from_le_bytes([mmap[end - 4], mmap[end - 3], mmap[end - 2], mmap[end - 1]]);
     if crc32fast::hash(body) != crc {
@@ -742,8 +762,15 @@ mod tests {
 
     #[test]
     fn flipped_bytes_are_corruption_never_wrong_data() {
+        // zstd blocks (through the cache) and raw blocks (read in place from the map).
+        for level in [3, 0] {
+            flipped_bytes_check(level);
+        }
+    }
+
+    fn flipped_bytes_check(level: i32) {
         let dir = tempfile::tempdir().unwrap();
-        let meta = build(dir.path(), 3, 300);
+        let meta = build(dir.path(), level, 300);
         let path = table_path(dir.path(), 7);
         let clean = std::fs::read(&path).unwrap();
         for at in (0..meta.size as usize).step_by(37) {
