@@ -77,6 +77,11 @@ pub struct LsmOptions {
     pub max_immutable_memtables: usize,
     /// Uncompressed size of an SSTable data block (default 4096).
     pub block_size_bytes: u64,
+    /// Uncompressed size of a data block in compressed tables (default 2048; the smaller
+    /// of this and `block_size_bytes` is used). A point read that misses the block cache
+    /// decompresses one whole block, so its cost follows this size: 2 KiB blocks halve
+    /// that work against 4 KiB ones for about 4% more disk and twice the index entries.
+    pub compressed_block_size_bytes: u64,
     /// zstd level of data blocks: 1..=22 the usual levels, -7..=-1 zstd's fast levels,
     /// 0 no compression (default -1: on this engine's flushes it compresses as well as
     /// level 1 with about 37% fewer instructions, which the writer feels on few cores).
@@ -146,6 +151,7 @@ impl Default for LsmOptions {
             memtable_size_bytes: 32 << 20,
             max_immutable_memtables: 2,
             block_size_bytes: 4096,
+            compressed_block_size_bytes: 2048,
             compression_level: -1,
             compress_from_level: 2,
             bloom_fpr: 0.01,
@@ -196,6 +202,12 @@ impl LsmOptions {
         if !(256..=(1 << 20)).contains(&self.block_size_bytes) {
             return Err(invalid(
                 "block_size_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        if !(256..=(1 << 20)).contains(&self.compressed_block_size_bytes) {
+            return Err(invalid(
+                "compressed_block_size_bytes",
                 "must be between 256 and 1048576",
             ));
         }
@@ -269,6 +281,18 @@ mod tests {
         assert_eq!(o.sync_interval_ms, 50);
         assert_eq!(o.block_size_bytes, 4096);
         o.validate().unwrap();
+    }
+
+    #[test]
+    fn compressed_block_size_is_checked() {
+        let o = LsmOptions {
+            compressed_block_size_bytes: 100,
+            ..LsmOptions::default()
+        };
+        assert!(matches!(
+            o.validate(),
+            Err(Error::InvalidOption { option, .. }) if option == "compressed_block_size_bytes"
+        ));
     }
 
     #[test]
