@@ -446,8 +446,10 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "\n{} keys of 16 B, 100 B values; {} reads per read workload; block cache {} MiB \
-         for every engine (DistKV: decompressed data blocks, index and Bloom filters held \
-         beside it; fjall: data, index and filter blocks in one cache, some pinned). \
+         for every engine (DistKV: decompressed blocks of compressed tables, raw L0/L1 blocks \
+         read in place from the OS page cache, index and Bloom filters held beside it; \
+         fjall: data, index and filter blocks in one cache, some pinned, misses read from \
+         the OS page cache). \
          Durability, both engines: a write returns once it is in the OS page cache (WAL / \
          journal written, not fsynced): it survives a process crash, not a power loss. \
          fresh = right after the writes; settled = memtables written out, compactions done.",

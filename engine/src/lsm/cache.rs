@@ -54,16 +54,30 @@ pub(crate) struct BlockCache {
     shard_capacity: usize,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// Whether raw (uncompressed) blocks are cached too; otherwise they are read in
+    /// place from the table's memory map.
+    raw_blocks: bool,
 }
 
 impl BlockCache {
+    /// A cache of compressed tables' blocks only (raw blocks are read in place).
     pub fn new(capacity_bytes: u64) -> Self {
+        Self::with_raw_blocks(capacity_bytes, false)
+    }
+
+    /// A cache that holds raw blocks as well when `raw_blocks`.
+    pub fn with_raw_blocks(capacity_bytes: u64, raw_blocks: bool) -> Self {
         BlockCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity: (capacity_bytes as usize) / SHARDS,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            raw_blocks,
         }
+    }
+
+    pub fn caches_raw_blocks(&self) -> bool {
+        self.raw_blocks
     }
 
     fn shard(&self, key: BlockKey) -> &Mutex<Shard> {

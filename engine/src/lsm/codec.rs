@@ -62,6 +62,25 @@ pub(crate) fn decode_entry(c: &mut Cursor<'_>) -> Option<Entry> {
     Some(Entry { key, seq, value })
 }
 
+/// Reads the sequence number and value of one entry written by [`encode_entry`],
+/// skipping its key (no copy of it); `None` if the bytes are malformed.
+pub(crate) fn decode_entry_value(c: &mut Cursor<'_>) -> Option<(u64, Value)> {
+    let klen = c.u32()? as usize;
+    c.bytes(klen)?;
+    let seq = c.u64()?;
+    let kind = c.u8()?;
+    let vlen = c.u32()? as usize;
+    let raw = c.bytes(vlen)?;
+    let value = match kind {
+        KIND_PUT => Value::Put(raw.to_vec()),
+        KIND_TOMBSTONE if vlen == 8 => Value::Tombstone {
+            deleted_at: u64::from_le_bytes(raw.try_into().ok()?),
+        },
+        _ => return None,
+    };
+    Some((seq, value))
+}
+
 /// Reads only the key of the entry at the cursor, advancing past the whole entry.
 pub(crate) fn skip_entry_key<'a>(c: &mut Cursor<'a>) -> Option<&'a [u8]> {
     let klen = c.u32()? as usize;

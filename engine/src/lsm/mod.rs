@@ -283,7 +283,10 @@ impl Lsm {
                 ..BgState::default()
             }),
             bg_cv: Condvar::new(),
-            cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
+            cache: Arc::new(BlockCache::with_raw_blocks(
+                options.block_cache_bytes,
+                options.cache_raw_blocks,
+            )),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -332,8 +335,13 @@ impl Lsm {
 /// How a table written to `level` is built (see [`LsmOptions::compress_from_level`]).
 fn table_settings(opts: &LsmOptions, level: usize) -> TableSettings {
     let raw = opts.compaction == CompactionStrategy::Leveled && level < opts.compress_from_level;
+    let compressed = !raw && opts.compression_level != 0;
     TableSettings {
-        block_size: opts.block_size_bytes as usize,
+        block_size: if compressed {
+            opts.block_size_bytes.min(opts.compressed_block_size_bytes) as usize
+        } else {
+            opts.block_size_bytes as usize
+        },
         compression_level: if raw { 0 } else { opts.compression_level },
         bloom_fpr: opts.bloom_fpr,
     }

@@ -46,7 +46,7 @@ impl Inner {
         (self.visible_seq.load(Ordering::Acquire), g.clone())
     }
 
-    fn probe(&self, sv: &SuperVersion, f: &FileMeta, key: &[u8]) -> Result<Option<Entry>> {
+    fn probe(&self, sv: &SuperVersion, f: &FileMeta, key: &[u8]) -> Result<Option<(u64, Value)>> {
         let t = sv.table(f.id)?;
         if !t.may_contain(key) {
             bump(&self.stats.bloom_negatives, 1);
@@ -66,28 +66,28 @@ impl Inner {
         }
         // L0 files overlap: the newest version among them wins. They are ordered by
         // largest sequence number, so the search stops once no file can beat the best.
-        let mut best: Option<Entry> = None;
+        let mut best: Option<(u64, Value)> = None;
         for f in sv.version.levels.first().into_iter().flatten() {
-            if best.as_ref().is_some_and(|b| f.max_seq < b.seq) {
+            if best.as_ref().is_some_and(|b| f.max_seq < b.0) {
                 break;
             }
             if !f.covers(key) {
                 continue;
             }
             if let Some(e) = self.probe(&sv, f, key)? {
-                if e.seq <= seq && best.as_ref().is_none_or(|b| e.seq > b.seq) {
+                if e.0 <= seq && best.as_ref().is_none_or(|b| e.0 > b.0) {
                     best = Some(e);
                 }
             }
         }
-        if let Some(e) = best {
-            return Ok(live(e.value));
+        if let Some((_, v)) = best {
+            return Ok(live(v));
         }
         for level in sv.version.levels.iter().skip(1) {
             let i = level.partition_point(|f| f.largest.as_slice() < key);
             if let Some(f) = level.get(i).filter(|f| f.smallest.as_slice() <= key) {
-                if let Some(e) = self.probe(&sv, f, key)? {
-                    return Ok(live(e.value));
+                if let Some((_, v)) = self.probe(&sv, f, key)? {
+                    return Ok(live(v));
                 }
             }
         }
@@ -120,7 +120,7 @@ impl Inner {
             }
         }
         let mut it = NewestVersions::new(MergeIter::new(sources), seq);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(1024));
         while let Some(e) = it.next_entry()? {
             if !range.below_end(&e.key) {
                 break;

@@ -14,13 +14,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bloomfilter::Bloom;
 use memmap2::Mmap;
 
 use super::cache::BlockCache;
-use super::codec::{self, Cursor, Entry};
+use super::codec::{self, Cursor, Entry, Value};
 use super::filter::KeyFilter;
 use super::manifest::FileMeta;
 use super::merge::EntryIter;
@@ -281,6 +282,8 @@ pub(crate) struct Table {
     bloom: Filter,
     /// Size of the serialised Bloom filter, for statistics.
     pub bloom_bytes: u64,
+    /// One bit per data block: set once a raw block's checksum was checked in the map.
+    raw_checked: Box<[AtomicU64]>,
 }
 
 impl Table {
@@ -293,6 +296,9 @@ impl Table {
         // change under us. Every read is bounds- and checksum-checked.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let (index, bloom, bloom_bytes) = parse_table(&path, &mmap)?;
+        let raw_checked = (0..index.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
         Ok(Table {
             id,
             path,
@@ -300,17 +306,42 @@ impl Table {
             index,
             bloom,
             bloom_bytes,
+            raw_checked,
         })
     }
 
-    fn data_block(&self, i: usize, cache: &BlockCache) -> Result<Arc<Vec<u8>>> {
+    /// Data block `i`. A raw (uncompressed) block is read in place from the memory map
+    /// (unless the cache is asked to hold raw blocks too), its checksum checked the
+    /// first time this open table reads it, as a block entering the cache is checked
+    /// once; a compressed one comes from the cache or is checked, decompressed and
+    /// cached.
+    fn data_block(&self, i: usize, cache: &BlockCache) -> Result<Block> {
         let ie = &self.index[i];
+        if !cache.caches_raw_blocks() {
+            let (word, bit) = (&self.raw_checked[i / 64], 1u64 << (i % 64));
+            let checked = word.load(Ordering::Relaxed) & bit != 0;
+            let mapped = mapped_raw_block(&self.path, &self.mmap, ie.offset, ie.len, checked)?;
+            if let Some(range) = mapped {
+                if !checked {
+                    word.fetch_or(bit, Ordering::Relaxed);
+                }
+                return Ok(Block::Mapped(range));
+            }
+        }
         if let Some(b) = cache.get(self.id, ie.offset) {
-            return Ok(b);
+            return Ok(Block::Cached(b));
         }
         let b = Arc::new(read_block(&self.path, &self.mmap, ie.offset, ie.len)?);
         cache.insert(self.id, ie.offset, b.clone());
-        Ok(b)
+        Ok(Block::Cached(b))
+    }
+
+    /// The bytes of `block`, a block of this table.
+    fn bytes<'a>(&'a self, block: &'a Block) -> &'a [u8] {
+        match block {
+            Block::Cached(b) => b,
+            Block::Mapped(r) => &self.mmap[r.clone()],
+        }
     }
 
     /// False when the Bloom filter proves `key` absent.
@@ -332,14 +363,16 @@ impl Table {
         }
     }
 
-    /// The entry stored for `key`, if any (the Bloom filter is not consulted here).
-    pub fn get(&self, key: &[u8], cache: &BlockCache) -> Result<Option<Entry>> {
+    /// The sequence number and value stored for `key`, if any (the Bloom filter is not
+    /// consulted here).
+    pub fn get(&self, key: &[u8], cache: &BlockCache) -> Result<Option<(u64, Value)>> {
         let i = self.block_for(key);
         if i >= self.index.len() {
             return Ok(None);
         }
         let block = self.data_block(i, cache)?;
-        let mut c = Cursor::new(&block);
+        let block = self.bytes(&block);
+        let mut c = Cursor::new(block);
         while !c.is_empty() {
             let at = c.pos();
             let k = codec::skip_entry_key(&mut c).ok_or_else(|| self.corrupt_entry(i))?;
@@ -348,7 +381,7 @@ impl Table {
                 std::cmp::Ordering::Greater => return Ok(None),
                 std::cmp::Ordering::Equal => {
                     let mut c = Cursor::new(&block[at..]);
-                    return codec::decode_entry(&mut c)
+                    return codec::decode_entry_value(&mut c)
                         .map(Some)
                         .ok_or_else(|| self.corrupt_entry(i));
                 }
@@ -374,12 +407,20 @@ impl Table {
     }
 }
 
+/// A data block being read: decompressed in the cache, or in place in the table's map.
+pub(crate) enum Block {
+    Cached(Arc<Vec<u8>>),
+    /// The byte range of a raw block's entries in the table's memory map (checksum
+    /// already checked).
+    Mapped(std::ops::Range<usize>),
+}
+
 /// A forward iterator over one table.
 pub(crate) struct TableIter {
     table: Arc<Table>,
     cache: Arc<BlockCache>,
     block: usize,
-    data: Option<Arc<Vec<u8>>>,
+    data: Option<Block>,
     pos: usize,
     start: Bound<Vec<u8>>,
 }
@@ -387,7 +428,7 @@ pub(crate) struct TableIter {
 impl EntryIter for TableIter {
     fn next_entry(&mut self) -> Result<Option<Entry>> {
         loop {
-            let Some(data) = self.data.as_deref() else {
+            let Some(data) = self.data.as_ref().map(|b| self.table.bytes(b)) else {
                 if self.block >= self.table.index.len() {
                     return Ok(None);
                 }
@@ -492,6 +533,44 @@ pub(crate) fn parse_table(path: &Path, data: &[u8]) -> Result<(Vec<IndexEntry>, 
     Ok((index, bloom, bloom_bytes))
 }
 
+/// When the block at `offset` is raw: the range of its entries in `mmap`, after
+/// checking its bounds and (unless `checked` says it was checked before) its checksum.
+/// `None` for a compressed block (nothing checked).
+fn mapped_raw_block(
+    path: &Path,
+    mmap: &[u8],
+    offset: u64,
+    len: u64,
+    checked: bool,
+) -> Result<Option<std::ops::Range<usize>>> {
+    let start = offset as usize;
+    let end = start.checked_add(len as usize);
+    let kind = match end {
+        Some(end) if len >= TRAILER_LEN as u64 && end <= mmap.len().saturating_sub(FOOTER_LEN) => {
+            mmap[end - TRAILER_LEN]
+        }
+        // Out of bounds: read_block reports it.
+        _ => return Ok(None),
+    };
+    if kind != KIND_RAW {
+        return Ok(None);
+    }
+    let end = start + len as usize;
+    if checked {
+        return Ok(Some(start..end - TRAILER_LEN));
+    }
+    let body = &mmap[start..end - 4];
+    let crc = u32::from_le_bytes([mmap[end - 4], mmap[end - 3], mmap[end - 2], mmap[end - 1]]);
+    if crc32fast::hash(body) != crc {
+        return Err(Error::Corruption {
+            path: path.to_path_buf(),
+            offset,
+            detail: "block checksum mismatch".into(),
+        });
+    }
+    Ok(Some(start..end - TRAILER_LEN))
+}
+
 /// Reads, checks and decompresses the block at `offset`.
 pub(crate) fn read_block(path: &Path, mmap: &[u8], offset: u64, len: u64) -> Result<Vec<u8>> {
     let corrupt = |detail: &str| Error::Corruption {
@@ -533,8 +612,6 @@ pub(crate) fn read_block(path: &Path, mmap: &[u8], offset: u64, len: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::lsm::codec::Value;
 
     fn is_tombstone(v: &Value) -> bool {
         matches!(v, Value::Tombstone { .. })
@@ -581,14 +658,12 @@ mod tests {
             );
             let t = Arc::new(Table::open(dir.path(), 7).unwrap());
             let cache = Arc::new(BlockCache::new(1 << 20));
-            let e = t.get(b"k00042", &cache).unwrap().unwrap();
+            let (_, value) = t.get(b"k00042", &cache).unwrap().unwrap();
             assert_eq!(
-                e.value,
+                value,
                 Value::Put(format!("value-42-{}", "x".repeat(20)).into_bytes())
             );
-            assert!(is_tombstone(
-                &t.get(b"k00043", &cache).unwrap().unwrap().value
-            ));
+            assert!(is_tombstone(&t.get(b"k00043", &cache).unwrap().unwrap().1));
             assert!(t.get(b"k00042a", &cache).unwrap().is_none());
             assert!(t.get(b"zzz", &cache).unwrap().is_none());
             assert!(t.may_contain(b"k00001"));
@@ -655,9 +730,9 @@ mod tests {
         for i in (0..300).filter(|i| i % 10 != 3) {
             let k = format!("k{i:05}");
             assert!(t.may_contain(k.as_bytes()));
-            let e = t.get(k.as_bytes(), &cache).unwrap().unwrap();
+            let (_, value) = t.get(k.as_bytes(), &cache).unwrap().unwrap();
             assert_eq!(
-                e.value,
+                value,
                 Value::Put(format!("value-{i}-{}", "x".repeat(20)).into_bytes())
             );
         }
@@ -687,8 +762,15 @@ mod tests {
 
     #[test]
     fn flipped_bytes_are_corruption_never_wrong_data() {
+        // zstd blocks (through the cache) and raw blocks (read in place from the map).
+        for level in [3, 0] {
+            flipped_bytes_check(level);
+        }
+    }
+
+    fn flipped_bytes_check(level: i32) {
         let dir = tempfile::tempdir().unwrap();
-        let meta = build(dir.path(), 3, 300);
+        let meta = build(dir.path(), level, 300);
         let path = table_path(dir.path(), 7);
         let clean = std::fs::read(&path).unwrap();
         for at in (0..meta.size as usize).step_by(37) {
