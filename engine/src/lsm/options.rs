@@ -102,9 +102,9 @@ pub struct LsmOptions {
     /// Whether the block cache also holds raw (uncompressed) blocks, those of L0 and L1
     /// with `compress_from_level = 2` (default false: they are read in place from the
     /// table's memory map, the operating system's page cache, with their checksum
-    /// checked on every read, and the block cache holds only decompressed blocks of the
-    /// compressed levels). A raw block read in place costs a checksum of the block; a
-    /// cached one a cache lookup, but a miss costs the checksum plus a copy and an insert
+    /// checked the first time the open table reads each block, and the block cache holds
+    /// only decompressed blocks of the compressed levels). A raw block read in place
+    /// costs a checksum of the block once; a cached one a cache lookup, but a miss costs the checksum plus a copy and an insert
     /// that evicts a decompressed block, whose next read costs a decompression. True
     /// pays when the whole tree fits in the cache.
     pub cache_raw_blocks: bool,
