@@ -352,6 +352,11 @@ async fn members(ids: &[&str], preload: u64) -> Arc<Cluster> {
 
 /// As [`members`], with streams throttled to `max_bytes_per_sec` (0: unthrottled).
 async fn members_throttled(ids: &[&str], preload: u64, max_bytes_per_sec: u64) -> Arc<Cluster> {
+    members_with(ids, preload, settings(None, max_bytes_per_sec)).await
+}
+
+/// As [`members`], every node with `settings`.
+async fn members_with(ids: &[&str], preload: u64, settings: NodeSettings) -> Arc<Cluster> {
     let cluster = Arc::new(Cluster::new());
     let layout = first_layout(ids);
     for id in ids {
@@ -360,7 +365,7 @@ async fn members_throttled(ids: &[&str], preload: u64, max_bytes_per_sec: u64) -
             layout.clone(),
             &["n0"],
             Arc::new(MemoryEngine::ephemeral()),
-            settings(None, max_bytes_per_sec),
+            settings.clone(),
         );
     }
     let node = cluster.node("n0").parts.node.clone();
@@ -892,33 +897,12 @@ async fn changes_asked_through_different_nodes_meet_at_one_authority_one_at_a_ti
 #[tokio::test(start_paused = true)]
 async fn after_a_removal_each_node_re_replicates_by_itself_and_status_says_when_done() {
     const PRELOAD: u64 = 600;
-    let cluster = Arc::new(Cluster::new());
-    let layout = first_layout(&["n0", "n1", "n2", "n3"]);
-    for id in ["n0", "n1", "n2", "n3"] {
-        // Background anti-entropy on, with passes an hour apart: only the passes the
-        // removal starts run during this test.
-        let mut s = settings(None, 0);
-        s.antientropy.enabled = true;
-        s.antientropy.interval = Duration::from_secs(3600);
-        cluster.start(
-            id,
-            layout.clone(),
-            &["n0"],
-            Arc::new(MemoryEngine::ephemeral()),
-            s,
-        );
-    }
-    let node = cluster.node("n0").parts.node.clone();
-    for i in 0..PRELOAD {
-        node.put(
-            key(i),
-            Some(format!("v{i}").into_bytes()),
-            b"",
-            Consistency::All,
-        )
-        .await
-        .expect("preload write");
-    }
+    // Background anti-entropy on, with passes an hour apart: only the passes the removal
+    // starts run during this test.
+    let mut s = settings(None, 0);
+    s.antientropy.enabled = true;
+    s.antientropy.interval = Duration::from_secs(3600);
+    let cluster = members_with(&["n0", "n1", "n2", "n3"], PRELOAD, s).await;
     cluster.kill("n3").await;
     wait_dead_everywhere(&cluster, "n3").await;
     let all: Vec<u64> = (0..PRELOAD).collect();

@@ -48,17 +48,7 @@ pub(crate) fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
 pub(crate) fn decode_entry(c: &mut Cursor<'_>) -> Option<Entry> {
     let klen = c.u32()? as usize;
     let key = c.bytes(klen)?.to_vec();
-    let seq = c.u64()?;
-    let kind = c.u8()?;
-    let vlen = c.u32()? as usize;
-    let raw = c.bytes(vlen)?;
-    let value = match kind {
-        KIND_PUT => Value::Put(raw.to_vec()),
-        KIND_TOMBSTONE if vlen == 8 => Value::Tombstone {
-            deleted_at: u64::from_le_bytes(raw.try_into().ok()?),
-        },
-        _ => return None,
-    };
+    let (seq, value) = decode_after_key(c)?;
     Some(Entry { key, seq, value })
 }
 
@@ -67,6 +57,12 @@ pub(crate) fn decode_entry(c: &mut Cursor<'_>) -> Option<Entry> {
 pub(crate) fn decode_entry_value(c: &mut Cursor<'_>) -> Option<(u64, Value)> {
     let klen = c.u32()? as usize;
     c.bytes(klen)?;
+    decode_after_key(c)
+}
+
+/// The sequence number and value of an entry whose key was just read.
+#[inline]
+fn decode_after_key(c: &mut Cursor<'_>) -> Option<(u64, Value)> {
     let seq = c.u64()?;
     let kind = c.u8()?;
     let vlen = c.u32()? as usize;
