@@ -395,13 +395,10 @@ async fn watch_removals<S, M, P, T>(
         if !repair {
             continue;
         }
-        // Bounded wait for the placement updater (it installs within a moment).
-        for _ in 0..100 {
-            if placement.current().version() >= version {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        // The placement updater installs it within a moment; the passes go on anyway.
+        placement
+            .installed(version, std::time::Duration::from_secs(2))
+            .await;
         // Passes until every range of this node compared clean since the removal (a
         // pass that repairs a range finds it clean only at the next one), at most a few.
         let (driver, tracker) = (driver.clone(), tracker.clone());

@@ -263,6 +263,19 @@ impl<P: Partitioner> Placement<P> {
         }
     }
 
+    /// Waits until a snapshot of layout `version` or newer is installed, at most
+    /// `within`; whether it was.
+    pub async fn installed(&self, version: u64, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.current().version() < version {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// The snapshot in force.
     pub fn current(&self) -> Arc<PlacementSnapshot<P>> {
         self.snapshot.read().clone()

@@ -353,16 +353,13 @@ where
 
     /// Waits (bounded) until the placement updater installed layout `version`.
     async fn placement_of(&self, version: u64) -> Result<(), String> {
-        let deadline = Instant::now() + BARRIER_WAIT;
-        while self.placement.current().version() < version {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the placement of layout {version} was not installed"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if self.placement.installed(version, BARRIER_WAIT).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "the placement of layout {version} was not installed"
+            ))
         }
-        Ok(())
     }
 
     /// Decommissions this node (see the module documentation): returns what it pushed

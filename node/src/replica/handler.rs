@@ -577,7 +577,8 @@ mod tests {
         PeerEndpoint::new("b", store, PeerLimits::from_settings(&settings))
     }
 
-    fn write(actor: &str, value: &[u8]) -> Record {
+    /// A first write of `value` (`None`: a tombstone) by `actor`, a millisecond old.
+    fn record(actor: &str, value: Option<&[u8]>) -> Record {
         let counter = now_micros() - 1_000;
         Record::write(
             Dot {
@@ -586,8 +587,12 @@ mod tests {
             },
             VersionVector::new(),
             counter / 1000,
-            Some(value.to_vec()),
+            value.map(<[u8]>::to_vec),
         )
+    }
+
+    fn write(actor: &str, value: &[u8]) -> Record {
+        record(actor, Some(value))
     }
 
     fn merge(entries: Vec<(&[u8], Record, Origin)>) -> Req {
@@ -743,16 +748,7 @@ mod tests {
     }
 
     fn tombstone(actor: &str) -> Record {
-        let counter = now_micros() - 1_000;
-        Record::write(
-            Dot {
-                actor: actor.into(),
-                counter,
-            },
-            VersionVector::new(),
-            counter / 1000,
-            None,
-        )
+        record(actor, None)
     }
 
     fn push(items: Vec<(&[u8], Record)>) -> Req {
